@@ -1,0 +1,21 @@
+"""The project's error base, and how a command reports one: one line, exit 1."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class CxrError(ValueError):
+    """A problem the user can fix; ``str(e)`` is one line naming the file or key."""
+
+
+def run_command(main: Callable[[], object], name: str) -> None:
+    """Run ``main``; a ``CxrError`` becomes ``name: message`` on stderr and exit status 1."""
+    try:
+        main()
+    except CxrError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; outputs left as they were", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,60 @@
+"""Writing outputs so that an interrupted stage leaves the old output or none.
+
+Everything is written to a temporary sibling and renamed into place; a rename
+within one directory is atomic on POSIX, so readers never see half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+
+@contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``dest``; move it onto ``dest`` on success.
+
+    Works for files and directories (the caller creates what it needs at the
+    yielded path). On an exception the temporary is removed and ``dest`` is
+    untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+        if tmp.is_dir() and dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            _remove(old)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            _remove(old)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Pretty, key-sorted JSON (stable bytes for the same content), written atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:
+    """CSV without the index, written atomically."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, lineterminator="\n")

@@ -1,0 +1,18 @@
+"""download: fetch data.source into data/raw/ (images/ + Data_Entry_2017.csv)."""
+from cxr.data.download import fetch
+from cxr.errors import run_command
+from cxr.params import load_params
+
+RAW = "data/raw"
+BUNDLED = "data/sample"
+
+
+def main() -> None:
+    params = load_params()
+    r = fetch(params.data.source, RAW, BUNDLED)
+    print(f"download: {r['images']} images from {r['source']} ({r['fetched']} fetched, "
+          f"{r['already_present']} already present, {r['removed_stale']} stale removed)")
+
+
+if __name__ == "__main__":
+    run_command(main, "download")

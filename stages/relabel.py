@@ -1,0 +1,28 @@
+"""relabel: metadata -> data/labels.csv (multi-hot findings, No Finding, abnormal)."""
+from cxr.data.download import image_names
+from cxr.data.labels import build_labels, class_counts
+from cxr.data.metadata import read_metadata
+from cxr.errors import run_command
+from cxr.outputs import write_csv, write_json
+from cxr.params import load_params
+
+METADATA = "data/raw/Data_Entry_2017.csv"
+IMAGES = "data/raw/images"
+LABELS = "data/labels.csv"
+METRICS = "metrics/labels.json"
+
+
+def main() -> None:
+    params = load_params().labels
+    table, report = build_labels(read_metadata(METADATA), params.views, image_names(IMAGES), METADATA)
+    counts = class_counts(table)
+    write_csv(LABELS, table)
+    write_json(METRICS, {**report, "positives": counts, "task": params.task,
+                         "targets": {t: counts[t] for t in params.targets}})
+    print(f"relabel: {report['rows']} images, {report['patients']} patients "
+          f"({report['dropped_no_image']} rows without image, {report['dropped_view']} outside views "
+          f"{list(params.views)})")
+
+
+if __name__ == "__main__":
+    run_command(main, "relabel")

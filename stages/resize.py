@@ -1,0 +1,26 @@
+"""resize: data/raw/images -> data/cache (uint8, image.size), bad images reported."""
+import sys
+
+from cxr.data.cache import build_cache
+from cxr.data.download import image_names
+from cxr.errors import run_command
+from cxr.outputs import write_json
+from cxr.params import load_params
+
+IMAGES = "data/raw/images"
+CACHE = "data/cache"
+METRICS = "metrics/resize.json"
+
+
+def main() -> None:
+    params = load_params()
+    paths = [f"{IMAGES}/{n}" for n in image_names(IMAGES)]
+    report = build_cache(paths, params.image.size, params.resize.workers, CACHE,
+                         params.resize.max_bad_fraction, progress=sys.stderr.isatty())
+    write_json(METRICS, report)
+    print(f"resize: {report['cached']} of {report['images']} images cached at {report['size']} px, "
+          f"{report['excluded']} excluded")
+
+
+if __name__ == "__main__":
+    run_command(main, "resize")

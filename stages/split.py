@@ -1,0 +1,36 @@
+"""split: data/labels.csv -> data/splits.csv, patient-disjoint (asserted)."""
+import gzip
+
+import pandas as pd
+
+from cxr.data.split import assert_patient_disjoint, official_split, patient_split, split_summary
+from cxr.errors import run_command
+from cxr.outputs import write_csv, write_json
+from cxr.params import load_params
+
+LABELS = "data/labels.csv"
+OFFICIAL_TEST = "data/sample/meta/test_list.txt.gz"
+SPLITS = "data/splits.csv"
+METRICS = "metrics/split.json"
+
+
+def main() -> None:
+    params = load_params().split
+    table = pd.read_csv(LABELS)
+    if params.method == "official":
+        with gzip.open(OFFICIAL_TEST, "rt") as f:
+            test_images = f.read().split()
+        split = official_split(table, test_images, params.val_size, params.seed)
+    else:
+        split = patient_split(table, params.test_size, params.val_size, params.seed)
+    assert_patient_disjoint(table["Patient ID"], split)
+    write_csv(SPLITS, pd.DataFrame({"Image Index": table["Image Index"], "Patient ID": table["Patient ID"],
+                                    "split": split}))
+    summary = split_summary(table, split)
+    write_json(METRICS, {"method": params.method, "patient_overlap": 0, **summary})
+    print("split: " + ", ".join(f"{k} {v['images']} images / {v['patients']} patients"
+                                for k, v in summary.items()))
+
+
+if __name__ == "__main__":
+    run_command(main, "split")

@@ -1,0 +1,61 @@
+"""The resize cache: parallel, deterministic, bad images excluded and reported."""
+import shutil
+
+import numpy as np
+import pytest
+
+from cxr.data.cache import CacheError, build_cache, load_cache
+from cxr.data.images import read_image, resize_image
+
+
+@pytest.fixture
+def images(tmp_path, sample_images):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for p in sample_images[:24]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def test_cache_rows_match_the_reader(images, tmp_path):
+    paths = sorted(images.iterdir())
+    report = build_cache(paths, 64, 2, tmp_path / "cache", progress=False)
+    pixels, index = load_cache(tmp_path / "cache")
+    assert report["cached"] == 24 and pixels.shape == (24, 64, 64) and pixels.dtype == np.uint8
+    row = index.set_index("Image Index").loc[paths[5].name, "row"]
+    assert np.array_equal(pixels[row], resize_image(read_image(paths[5]), 64))
+
+
+def test_same_inputs_give_byte_identical_cache_for_any_worker_count(images, tmp_path):
+    paths = sorted(images.iterdir())
+    build_cache(paths, 48, 1, tmp_path / "a", progress=False)
+    build_cache(paths, 48, 2, tmp_path / "b", progress=False)
+    for name in ("images.npy", "index.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_bad_images_are_excluded_with_reasons(images, tmp_path):
+    (images / "zero.png").write_bytes(b"")
+    (images / "text.png").write_text("hello")
+    report = build_cache(sorted(images.iterdir()), 32, 2, tmp_path / "cache", max_bad_fraction=0.1, progress=False)
+    assert report["excluded"] == 2
+    assert report["excluded_images"] == {"text.png": "not an image (unrecognized format)",
+                                         "zero.png": "empty file (0 bytes)"}
+    _, index = load_cache(tmp_path / "cache")
+    assert len(index) == 24 and "zero.png" not in set(index["Image Index"])
+
+
+def test_too_many_bad_images_fail_and_keep_previous_cache(images, tmp_path):
+    good = sorted(images.iterdir())
+    build_cache(good, 32, 1, tmp_path / "cache", progress=False)
+    before = (tmp_path / "cache" / "images.npy").read_bytes()
+    (images / "zero.png").write_bytes(b"")
+    with pytest.raises(CacheError, match=r"1 of 25 images unreadable .* resize.max_bad_fraction 0.0"):
+        build_cache(sorted(images.iterdir()), 48, 1, tmp_path / "cache", max_bad_fraction=0.0, progress=False)
+    assert (tmp_path / "cache" / "images.npy").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "images"]  # no temp leftovers
+
+
+def test_missing_cache_says_which_stage_to_run(tmp_path):
+    with pytest.raises(CacheError, match="run the resize stage"):
+        load_cache(tmp_path)

@@ -1,0 +1,120 @@
+"""Sources: bundled sample, and the Kaggle path against a local stand-in of the API."""
+import gzip
+import shutil
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import BUNDLED, FULL_METADATA
+from cxr.data import read_metadata
+from cxr.data.download import DownloadError, fetch_bundled, fetch_kaggle, kaggle_credentials_found
+
+
+class LocalKaggleApi:
+    """Stands in for kaggle's KaggleApi: the same two calls, served from a local archive.
+
+    Like the real client it writes ``<path>/<dataset-slug>.zip`` and can be
+    told to fail (network down) or to stop half-way (interrupted download).
+    """
+
+    def __init__(self, archive: Path, fail: Exception | None = None, truncate: bool = False):
+        self.archive, self.fail, self.truncate = archive, fail, truncate
+        self.calls = []
+
+    def authenticate(self):
+        self.calls.append("authenticate")
+
+    def dataset_download_files(self, dataset, path=None, force=False, quiet=True, unzip=False, licenses=[]):
+        self.calls.append(("download", dataset))
+        if self.fail:
+            raise self.fail
+        out = Path(path) / (dataset.split("/")[-1] + ".zip")
+        data = self.archive.read_bytes()
+        out.write_bytes(data[: len(data) // 2] if self.truncate else data)
+
+
+@pytest.fixture
+def kaggle_sample_archive(tmp_path, sample_images) -> Path:
+    """Kaggle's nih-chest-xrays/sample layout, built from 30 real images and their real rows."""
+    names = [p.name for p in sample_images[:30]]
+    with gzip.open(FULL_METADATA, "rt") as f:
+        rows = pd.read_csv(f)
+    rows = rows[rows["Image Index"].isin(names)]
+    rows.columns = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+                    "View Position", "OriginalImageWidth", "OriginalImageHeight",
+                    "OriginalImagePixelSpacing_x", "OriginalImagePixelSpacing_y"]
+    rows["Patient Age"] = rows["Patient Age"].map(lambda a: f"{a:03d}Y")
+    archive = tmp_path / "kaggle" / "sample.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sample_images[:30]:
+            zf.write(p, f"sample/images/{p.name}")
+        zf.write(sample_images[0], f"sample/sample/images/{sample_images[0].name}")  # Kaggle's duplicate folder
+        zf.writestr("sample/sample_labels.csv", rows.to_csv(index=False))
+    return archive
+
+
+def test_bundled_fetch_is_resumable_and_exact(tmp_path):
+    raw = tmp_path / "raw"
+    first = fetch_bundled(BUNDLED, raw)
+    assert first["images"] == first["fetched"] == 557 and first["metadata_rows"] == 557
+    (raw / "images" / "stale.png").write_bytes(b"from another source")
+    victim = sorted((raw / "images").iterdir())[3]
+    victim.write_bytes(victim.read_bytes()[:100])  # a partial file must not count as present
+    second = fetch_bundled(BUNDLED, raw)
+    assert second["fetched"] == 1 and second["removed_stale"] == 1
+    assert victim.read_bytes() == (BUNDLED / "images" / victim.name).read_bytes()
+    assert len(read_metadata(raw / "Data_Entry_2017.csv")) == 557
+
+
+def test_kaggle_download_through_the_api(tmp_path, kaggle_sample_archive):
+    api = LocalKaggleApi(kaggle_sample_archive)
+    raw = tmp_path / "raw"
+    report = fetch_kaggle("nih-chest-xrays/sample", raw, api=api, credentials=True)
+    assert api.calls == ["authenticate", ("download", "nih-chest-xrays/sample")]
+    assert report["images"] == report["fetched"] == 30
+    assert len(list((raw / "images").iterdir())) == 30
+    meta = read_metadata(raw / "Data_Entry_2017.csv")
+    assert len(meta) == 30 and meta["Patient Age"].notna().all()
+    assert not (raw / ".download").exists()  # the archive is removed once unpacked
+    again = fetch_kaggle("nih-chest-xrays/sample", raw, api=api, credentials=True)
+    assert again["fetched"] == 0 and again["already_present"] == 30
+
+
+def test_interrupted_archive_is_a_clear_error_and_not_kept(tmp_path, kaggle_sample_archive):
+    raw = tmp_path / "raw"
+    with pytest.raises(DownloadError, match="not a complete zip archive"):
+        fetch_kaggle("nih-chest-xrays/sample", raw, api=LocalKaggleApi(kaggle_sample_archive, truncate=True),
+                     credentials=True)
+    assert not (raw / ".download" / "sample.zip").exists()
+    assert fetch_kaggle("nih-chest-xrays/sample", raw, api=LocalKaggleApi(kaggle_sample_archive),
+                        credentials=True)["images"] == 30
+
+
+def test_network_failure_is_one_line(tmp_path, kaggle_sample_archive):
+    api = LocalKaggleApi(kaggle_sample_archive, fail=ConnectionError("Failed to resolve 'www.kaggle.com'\nmore"))
+    with pytest.raises(DownloadError) as e:
+        fetch_kaggle("nih-chest-xrays/data", tmp_path / "raw", api=api, credentials=True)
+    assert str(e.value).startswith("Kaggle download of nih-chest-xrays/data failed: Failed to resolve")
+    assert "\n" not in str(e.value)
+
+
+def test_missing_credentials_say_what_to_set(tmp_path):
+    assert not kaggle_credentials_found(env={}, home=tmp_path)
+    assert kaggle_credentials_found(env={"KAGGLE_USERNAME": "u", "KAGGLE_KEY": "k"}, home=tmp_path)
+    (tmp_path / ".kaggle").mkdir()
+    (tmp_path / ".kaggle" / "kaggle.json").write_text('{"username": "u", "key": "k"}')
+    assert kaggle_credentials_found(env={}, home=tmp_path)
+    with pytest.raises(DownloadError, match="set KAGGLE_USERNAME and KAGGLE_KEY"):
+        fetch_kaggle("nih-chest-xrays/sample", tmp_path / "raw", api=object(), credentials=False)
+    assert not (tmp_path / "raw").exists()
+
+
+def test_real_client_is_what_the_default_uses():
+    from kaggle.api.kaggle_api_extended import KaggleApi
+    from cxr.data.download import default_kaggle_api
+    api = default_kaggle_api()
+    assert isinstance(api, KaggleApi)
+    assert callable(api.dataset_download_files) and callable(api.authenticate)
