@@ -6,7 +6,9 @@ PYTHON ?= python3
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install repro test clean
+.PHONY: install browser-deps repro test pr-report bench clean
+
+BASE ?= main
 
 install: $(VENV)/.installed
 
@@ -20,8 +22,27 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 repro: install
 	dvc repro
 
-test: install
+# The web app's browser test: Debian's Chromium (root or sudo) and playwright-core from npm.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser-deps: tests/browser/node_modules/.installed
+
+tests/browser/node_modules/.installed: tests/browser/package.json tests/browser/package-lock.json
+	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+	cd tests/browser && npm ci --no-audit --no-fund --silent
+	touch $@
+
+test: install browser-deps
 	$(BIN)/pytest
+
+# Markdown for a pull-request comment: params/metrics diff against $(BASE).
+pr-report: install
+	$(BIN)/cxr pr-report --base $(BASE) --out reports/pr.md --plots-html reports/plots-diff
+	@echo "wrote reports/pr.md"
+
+# Speed and memory figures beside the usual alternatives; writes reports/bench.json.
+# Needs a finished `make repro` (it reads the cache and the exported models).
+bench: repro
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV)

@@ -39,8 +39,9 @@ def project_env(project: Path) -> dict:
     return env
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=project_env(cwd), capture_output=True, text=True, **kw)
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env={**project_env(cwd), **(env or {})}, capture_output=True, text=True,
+                          **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -64,3 +65,62 @@ def make_project(dest: Path) -> Path:
 @pytest.fixture
 def project(tmp_path) -> Path:
     return make_project(tmp_path / "project")
+
+
+def edit_params(project: Path, edit) -> None:
+    """Apply ``edit`` to the temp project's params.yaml mapping."""
+    import yaml
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    edit(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def tiny_params(params: dict) -> None:
+    """Small and quick: 32 px, two variants, one epoch each."""
+    params["image"]["size"] = 32
+    params["train"]["batch_size"] = 64
+    params["models"] = {"cnn": {**params["models"]["cnn"], "epochs": 1},
+                        "mobilenet": {**params["models"]["mobilenet"], "epochs": 1}}
+    params["evaluate"].update(bootstrap=50, heatmaps=2)
+    params["export"].update(representative_images=16, latency_images=4)
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(tmp_path_factory, full_metadata) -> Path:
+    """labels.csv, splits.csv and cache/ for the bundled real images at 32 px, made by the real code."""
+    from cxr.data.cache import build_cache
+    from cxr.data.labels import build_labels
+    from cxr.data.split import patient_split
+    from cxr.outputs import write_csv
+
+    root = tmp_path_factory.mktemp("small")
+    images = sorted((BUNDLED / "images").glob("*.png"))
+    table, _ = build_labels(full_metadata, ["PA", "AP"], [p.name for p in images])
+    split = patient_split(table, seed=0)
+    write_csv(root / "labels.csv", table)
+    write_csv(root / "splits.csv", table[["Image Index", "Patient ID"]].assign(split=split))
+    build_cache(images, 32, 2, root / "cache", progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_dataset(small_data_dir):
+    from cxr.data import FINDINGS
+    from cxr.data.dataset import load_dataset
+    root = small_data_dir
+    return load_dataset(root / "cache", root / "labels.csv", root / "splits.csv", FINDINGS)
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> Path:
+    """The whole pipeline run once, small (32 px, 1 epoch, 2 variants), committed in git.
+
+    Tests that change it run last in their module (see test_pipeline.py).
+    """
+    project = make_project(tmp_path_factory.mktemp("tiny") / "project")
+    edit_params(project, tiny_params)
+    run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline"], project)
+    return project

@@ -2,9 +2,8 @@
 import json
 
 import pandas as pd
-import yaml
 
-from conftest import run
+from conftest import edit_params, run, tiny_params
 
 
 def _stages_run(output: str) -> list[str]:
@@ -25,9 +24,7 @@ def test_data_stages_end_to_end(project):
     again = run(["dvc", "repro", "resize", "split"], project).stdout
     assert _stages_run(again) == [] and "up to date" in again
 
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["split"]["seed"] += 1
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    edit_params(project, lambda p: p["split"].update(seed=p["split"]["seed"] + 1))
     assert _stages_run(run(["dvc", "repro", "resize", "split"], project).stdout) == ["split"]
 
 
@@ -37,3 +34,89 @@ def test_bad_param_stops_stage_with_one_line(project):
     proc = run(["python", "stages/resize.py"], project, check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "resize: params.yaml: image.size: expected an integer >= 32, got 'big'"
+
+
+def test_unreachable_tracking_server_fails_before_training(project):
+    edit_params(project, tiny_params)
+    run(["dvc", "repro", "resize", "split"], project)
+    proc = run(["python", "stages/train.py", "cnn"], project, check=False,
+               env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("train: MLFLOW_TRACKING_URI=http://127.0.0.1:9: tracking server unreachable")
+    assert not (project / "models").exists()
+
+
+def test_offline_imagenet_weights_fail_at_stage_start(project):
+    edit_params(project, lambda p: p["models"]["resnet50"].update(weights="imagenet"))
+    proc = run(["python", "stages/train.py", "resnet50"], project, check=False)
+    assert proc.returncode == 1
+    assert "models.resnet50.weights: 'imagenet' weights need internet access" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# --- the whole pipeline, run once small (the tiny_project fixture) ---
+
+def test_every_stage_wrote_its_outputs(tiny_project):
+    for variant in ("cnn", "mobilenet"):
+        summary = json.loads((tiny_project / "metrics" / "train" / f"{variant}.json").read_text())
+        assert summary["epochs_run"] == 1 and 0 <= summary["val_auroc"] <= 1
+        assert (tiny_project / "models" / variant / "model.keras").is_file()
+        info = json.loads((tiny_project / "models" / variant / "model.json").read_text())
+        assert info["size"] == 32 and len(info["targets"]) == 14
+        evaluation = json.loads((tiny_project / "metrics" / "eval" / f"{variant}.json").read_text())
+        assert evaluation["abnormal"]["threshold_source"] == "validation split"
+        for name in ("roc", "pr", "calibration", "triage", "confusion"):
+            assert (tiny_project / "reports" / variant / f"{name}.png").is_file()
+            assert (tiny_project / "reports" / variant / "plots" / f"{name}.csv").is_file()
+        assert len(list((tiny_project / "reports" / variant / "heatmaps").iterdir())) == 2
+    summary = (tiny_project / "reports" / "summary.md").read_text()
+    assert "| cnn |" in summary and "| mobilenet |" in summary and "NOT measured here" in summary
+    assert "CheXNet" in summary and "Not for diagnosis" in summary and "TFLite int8" in summary
+
+
+def test_one_mlflow_run_per_variant_holds_training_and_test_results(tiny_project):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_project / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["cxr-pipeline"], output_format="list")
+    training = [r for r in runs if r.data.tags["cxr.stage"].startswith("train@")]
+    assert sorted(r.data.tags["cxr.variant"] for r in training) == ["cnn", "mobilenet"]
+    cnn = next(r for r in training if r.data.tags["cxr.variant"] == "cnn")
+    assert cnn.data.params["model.family"] == "cnn" and cnn.data.params["image.size"] == "32"
+    assert cnn.data.tags["cxr.stage"] == "train@cnn" and len(cnn.data.tags["cxr.data_sha256"]) == 64
+    assert cnn.data.tags["git.commit"] == "unknown"  # the pipeline ran before the first commit
+    assert {"val_auroc", "best_val_auroc", "test_abnormal.auroc", "test_mean_auroc_classes"} <= set(cnn.data.metrics)
+    [evaluation] = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == cnn.info.run_id]
+    assert evaluation.data.tags["cxr.stage"] == "evaluate@cnn" and evaluation.data.params["evaluate.threshold"] == "fbeta"
+    assert evaluation.data.metrics["test_abnormal.auroc"] == cnn.data.metrics["test_abnormal.auroc"]
+    info = mlflow.models.get_model_info(f"models:/{cnn.outputs.model_outputs[0].model_id}")
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 32, 32, 1]
+
+
+def test_second_repro_has_nothing_to_do(tiny_project):
+    out = run(["dvc", "repro"], tiny_project).stdout
+    assert _stages_run(out) == [] and "up to date" in out
+
+
+def test_dvc_metrics_and_plots_commands_work(tiny_project):
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], tiny_project).stdout)
+    assert any("metrics/eval/cnn.json" in str(v) for v in shown.values())
+    run(["dvc", "plots", "show", "-o", "plots-html"], tiny_project)
+    assert (tiny_project / "plots-html" / "index.html").is_file()
+
+
+# Tests below change tiny_project; they run last, in this order.
+
+def test_changed_evaluate_param_reruns_only_evaluate_and_report_and_shows_in_pr_report(tiny_project):
+    edit_params(tiny_project, lambda p: p["evaluate"].update(threshold="youden"))
+    ran = _stages_run(run(["dvc", "repro"], tiny_project).stdout)
+    assert sorted(ran) == ["evaluate@cnn", "evaluate@mobilenet", "report"]
+    report = run(["cxr", "pr-report", "--base", "HEAD"], tiny_project).stdout
+    assert "evaluate.threshold" in report and "fbeta" in report and "youden" in report
+    assert "abnormal.threshold_method" in report or "abnormal.at_threshold" in report
+
+
+def test_changed_variant_param_reruns_only_that_variant(tiny_project):
+    edit_params(tiny_project, lambda p: p["models"]["cnn"].update(dropout=0.3))
+    ran = _stages_run(run(["dvc", "repro"], tiny_project).stdout)
+    assert sorted(ran) == ["evaluate@cnn", "export@cnn", "report", "train@cnn"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 
 from cxr import __version__
 from cxr.errors import run_command
@@ -15,6 +16,65 @@ def _params(args: argparse.Namespace) -> None:
     print(json.dumps(dataclasses.asdict(params), indent=2))
 
 
+def _pr_report(args: argparse.Namespace) -> None:
+    from cxr.compare import pr_report
+    from cxr.outputs import atomic_path
+    text = pr_report(args.base, plots_html=args.plots_html)
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text)
+    else:
+        print(text, end="")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import sys
+
+    from cxr.predict import collect_inputs, heatmap, load_predictor, predict_files
+    predictor = load_predictor(args.model)
+    paths = collect_inputs(args.paths)
+    if not paths:
+        print("cxr predict: no image files found", file=sys.stderr)
+        return 1
+    from tqdm import tqdm
+    failed = 0
+    show_bar = len(paths) > 1 and sys.stderr.isatty()
+    if args.heatmap:
+        Path(args.heatmap).mkdir(parents=True, exist_ok=True)
+    for path, result, reason in tqdm(predict_files(predictor, paths), total=len(paths), disable=not show_bar,
+                                     unit="img", desc="predict"):
+        if reason:
+            failed += 1
+            print(f"cxr predict: {path}: {reason}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
+            print(_table(result))
+        if args.heatmap:
+            heatmap(predictor, path, Path(args.heatmap))
+    return 1 if failed else 0
+
+
+def _table(result: dict) -> str:
+    flag = {True: "ABNORMAL", False: "normal", None: "no threshold (run evaluate)"}[result["abnormal"]]
+    threshold = "" if result["threshold"] is None else f" (threshold {result['threshold']:.3f})"
+    lines = [f"{result['image']}  [{result['model']}]",
+             f"  abnormal score {result['abnormal_score']:.3f}: {flag}{threshold}"]
+    for name, p in sorted(result["findings"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {name:<20} {p:.3f}")
+    return "\n".join(lines)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from cxr.predict import load_predictor
+    from cxr.serve import create_app
+    predictor = load_predictor(args.model)
+    app = create_app(predictor, max_mb=args.max_mb)
+    print(f"cxr serve: {predictor.name} on http://{args.host}:{args.port}/ (research tool, not a diagnosis)")
+    app.run(host=args.host, port=args.port, threaded=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray classifiers on NIH ChestX-ray14.")
     parser.add_argument("--version", action="version", version=f"cxr {__version__}")
@@ -22,11 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="validate params.yaml and print the parsed values")
     p.add_argument("file", nargs="?", default="params.yaml")
     p.set_defaults(func=_params)
+    p = sub.add_parser("pr-report", help="markdown of params/metrics/plots changes against a base revision")
+    p.add_argument("--base", default="main", help="git revision to compare with (default: main)")
+    p.add_argument("--out", help="write the markdown here instead of stdout")
+    p.add_argument("--plots-html", help="also render `dvc plots diff` into this folder")
+    p.set_defaults(func=_pr_report)
+    p = sub.add_parser("predict", help="findings for PNG/JPEG/DICOM files or folders")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    p.add_argument("--model", help="a variant folder (models/cnn), its model.keras, or a .tflite file; "
+                                   "default: the variant with the best validation AUROC")
+    p.add_argument("--json", action="store_true", help="one JSON object per input line")
+    p.add_argument("--heatmap", metavar="OUT_DIR", help="write Grad-CAM overlays here (Keras models)")
+    p.set_defaults(func=_predict)
+    p = sub.add_parser("serve", help="web page and JSON API: upload an X-ray, see findings and heatmap")
+    p.add_argument("--model", help="as for predict; default: the variant with the best validation AUROC")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-mb", type=float, default=20.0, help="upload size limit in MB (default 20)")
+    p.set_defaults(func=_serve)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    run_command(lambda: args.func(args), "cxr")
+    status = run_command(lambda: args.func(args), f"cxr {args.command}")
+    raise SystemExit(status or 0)
 if __name__ == "__main__":
     main()

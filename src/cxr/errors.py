@@ -9,10 +9,11 @@ class CxrError(ValueError):
     """A problem the user can fix; ``str(e)`` is one line naming the file or key."""
 
 
-def run_command(main: Callable[[], object], name: str) -> None:
-    """Run ``main``; a ``CxrError`` becomes ``name: message`` on stderr and exit status 1."""
+def run_command(main: Callable[[], object], name: str):
+    """Run ``main`` and return what it returns; a ``CxrError`` becomes ``name: message``
+    on stderr and exit status 1."""
     try:
-        main()
+        return main()
     except CxrError as e:
         print(f"{name}: {e}", file=sys.stderr)
         sys.exit(1)

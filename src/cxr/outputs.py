@@ -25,12 +25,14 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    _remove_orphans(dest)
+    # The suffix is kept: Keras and Core ML refuse to save under another extension.
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}{dest.suffix}")
     _remove(tmp)
     try:
         yield tmp
         if tmp.is_dir() and dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}{dest.suffix}")
             _remove(old)
             os.replace(dest, old)
             os.replace(tmp, dest)
@@ -39,6 +41,25 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, dest)
     finally:
         _remove(tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_orphans(dest: Path) -> None:
+    """Temporaries of ``dest`` left by killed processes (SIGKILL cannot clean up)."""
+    for kind in ("tmp", "old"):
+        for path in dest.parent.glob(f".{dest.name}.{kind}-*"):
+            pid = path.name.split(f".{kind}-", 1)[1].split(".", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                _remove(path)
 
 
 def _remove(path: Path) -> None:

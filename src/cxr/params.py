@@ -81,9 +81,51 @@ def _target(v):
     return v
 
 
+def _bool(v):
+    if not isinstance(v, bool):
+        raise _Invalid("true or false")
+    return v
+
+
+def _weights(v):
+    if v is None or v == "imagenet" or (isinstance(v, str) and v.endswith(".h5")):
+        return v
+    raise _Invalid("null, 'imagenet' or a path to a local .weights.h5 file")
+
+
+def _finetune_layers(v):
+    return v if v == "all" else _int(1)(v)
+
+
+def _family(v):
+    from cxr.models.registry import MODELS
+    return _choice(*MODELS)(v)
+
+
+def _threshold(v):
+    if v in ("youden", "fbeta"):
+        return v
+    try:
+        return _float(0.0, 1.0)(v)
+    except _Invalid:
+        raise _Invalid("'youden', 'fbeta' or a number in [0.0, 1.0]") from None
+
+
+def _tflite_formats(v):
+    formats = ("fp32", "fp16", "int8")
+    if not isinstance(v, list) or any(x not in formats for x in v) or len(set(v)) != len(v):
+        raise _Invalid("a list of distinct formats from 'fp32', 'fp16', 'int8'")
+    return tuple(v)
+
+
 def _check(fn: Callable[[Any], Any]):
     """A dataclass field validated by ``fn``; no default on purpose."""
     return field(metadata={"check": fn})
+
+
+def _nested(cls):
+    """A field holding a nested section."""
+    return field(metadata={"section": cls})
 
 
 # --- sections ---
@@ -125,12 +167,78 @@ class ResizeParams:
 
 
 @dataclass(frozen=True)
+class AugmentParams:
+    rotation: float = _check(_float(0.0, 180.0))         # degrees, either way
+    shift: float = _check(_float(0.0, 0.5))              # share of width / height
+    zoom: float = _check(_float(0.0, 0.9))               # share, in or out
+    shear: float = _check(_float(0.0, 1.0))              # shear intensity
+    horizontal_flip: bool = _check(_bool)                # chest anatomy is not symmetric
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.rotation, self.shift, self.zoom, self.shear, self.horizontal_flip))
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int = _check(_int(0))
+    batch_size: int = _check(_int(1))
+    optimizer: str = _check(_choice("adam", "rmsprop", "sgd"))
+    class_weighting: str = _check(_choice("none", "balanced"))
+    early_stopping_patience: int = _check(_int(1))
+    reduce_lr_patience: int = _check(_int(1))
+    distribute: str = _check(_choice("none", "mirrored"))
+    augment: AugmentParams = _nested(AugmentParams)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    family: str = _check(_family)
+    weights: str | None = _check(_weights)
+    epochs: int = _check(_int(1))
+    learning_rate: float = _check(_float(0.0, 1.0, lo_open=True))
+    dropout: float = _check(_float(0.0, 1.0, hi_open=True))
+    freeze_epochs: int = _check(_int(0))                 # epochs with the backbone frozen
+    finetune_layers: int | str = _check(_finetune_layers)  # backbone layers unfrozen after: 'all' or a count
+    finetune_learning_rate: float = _check(_float(0.0, 1.0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    bootstrap: int = _check(_int(10))           # patient-level bootstrap rounds for the 95% CIs
+    seed: int = _check(_int(0))
+    min_positives: int = _check(_int(1))        # test positives a class needs to count in the mean AUROC
+    threshold: str | float = _check(_threshold)  # chosen on validation: youden | fbeta | a fixed number
+    beta: float = _check(_float(0.0, 100.0, lo_open=True))  # F-beta's beta: > 1 weighs recall more
+    heatmaps: int = _check(_int(0))             # Grad-CAM overlays per variant
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    tflite: tuple = _check(_tflite_formats)         # TFLite formats to write
+    coreml: bool = _check(_bool)                    # also write a Core ML .mlpackage
+    representative_images: int = _check(_int(1))    # int8 calibration images, drawn from train
+    seed: int = _check(_int(0))
+    latency_images: int = _check(_int(1))           # images timed one by one for ms/image
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams
     labels: LabelsParams
     split: SplitParams
     image: ImageParams
     resize: ResizeParams
+    train: TrainParams
+    models: dict[str, ModelParams]
+    evaluate: EvaluateParams
+    export: ExportParams
+
+    def model(self, variant: str) -> ModelParams:
+        if variant not in self.models:
+            raise ParamsError(f"params.yaml: models.{variant}: no such variant "
+                              f"(have: {', '.join(self.models)}){_did_you_mean(variant, self.models)}")
+        return self.models[variant]
 
 
 def _expected(check) -> str:
@@ -156,6 +264,11 @@ def _parse_section(cls, raw: Any, where: str, file: str):
             raise ParamsError(f"{file}: {where}.{key}: unknown key{_did_you_mean(str(key), known)}")
     values = {}
     for name, f in known.items():
+        if "section" in f.metadata:
+            if name not in raw:
+                raise ParamsError(f"{file}: {where}.{name}: missing section")
+            values[name] = _parse_section(f.metadata["section"], raw[name], f"{where}.{name}", file)
+            continue
         check = f.metadata["check"]
         if name not in raw:
             raise ParamsError(f"{file}: {where}.{name}: missing, expected {_expected(check)}")
@@ -178,8 +291,26 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
     for name in sections:
         if name not in raw:
             raise ParamsError(f"{file}: {name}: missing section")
-        parsed[name] = _parse_section(sections[name], raw[name], name, file)
+        if name == "models":
+            parsed[name] = _parse_models(raw[name], file)
+        else:
+            parsed[name] = _parse_section(sections[name], raw[name], name, file)
     return Params(**parsed)
+
+
+def _parse_models(raw: Any, file: str) -> dict[str, ModelParams]:
+    if not isinstance(raw, dict) or not raw:
+        raise ParamsError(f"{file}: models: expected a mapping of variant names to model settings, got {raw!r}")
+    models = {}
+    for variant, section in raw.items():
+        if not isinstance(variant, str) or not variant.replace("_", "").isalnum():
+            raise ParamsError(f"{file}: models.{variant}: variant names are letters, digits and _")
+        m = _parse_section(ModelParams, section, f"models.{variant}", file)
+        if m.freeze_epochs >= m.epochs and m.freeze_epochs:
+            raise ParamsError(f"{file}: models.{variant}.freeze_epochs: expected fewer than epochs "
+                              f"({m.epochs}), got {m.freeze_epochs}")
+        models[variant] = m
+    return models
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
@@ -194,3 +325,17 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
         at = f" at line {mark.line + 1}" if mark else ""
         raise ParamsError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
     return parse_params(raw, str(path))
+
+
+def load_variant(argv: list[str] | None = None, description: str | None = None,
+                 path: str | os.PathLike = "params.yaml") -> tuple[str, Params]:
+    """For per-variant stages (``train.py cnn``): the variant named on the command
+    line, checked against ``models``, and the validated params."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("variant", help="a key of models: in params.yaml")
+    variant = parser.parse_args(argv).variant
+    params = load_params(path)
+    params.model(variant)
+    return variant, params

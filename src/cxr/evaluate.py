@@ -1,0 +1,255 @@
+"""Metrics (scikit-learn underneath): the one place that scores predictions."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def per_class_auroc(y: np.ndarray, p: np.ndarray, names: Sequence[str],
+                    min_positives: int = 1) -> dict[str, float | None]:
+    """AUROC per class; ``None`` where a class has fewer than ``min_positives``
+    positives or no negatives (AUROC is undefined there, not zero)."""
+    from sklearn.metrics import roc_auc_score
+
+    y, p = np.asarray(y), np.asarray(p)
+    out = {}
+    for j, name in enumerate(names):
+        positives = int(y[:, j].sum())
+        if positives < max(1, min_positives) or positives == len(y):
+            out[name] = None
+        else:
+            out[name] = float(roc_auc_score(y[:, j], p[:, j]))
+    return out
+
+
+def mean_auroc(y: np.ndarray, p: np.ndarray, min_positives: int = 1) -> float | None:
+    """Mean AUROC over the classes where it is defined; ``None`` if none is."""
+    scores = [s for s in per_class_auroc(y, p, range(np.asarray(y).shape[1]), min_positives).values()
+              if s is not None]
+    return float(np.mean(scores)) if scores else None
+
+
+def binary_crossentropy(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean unweighted binary cross-entropy over all images and classes."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(y, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def pr_auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    """Average precision (area under the precision-recall curve); ``None`` without positives."""
+    from sklearn.metrics import average_precision_score
+    y = np.asarray(y)
+    return float(average_precision_score(y, p)) if 0 < y.sum() < len(y) else None
+
+
+def weighted_auroc(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC of one class under each row of ``weights`` (rounds x images), at once.
+
+    The Mann-Whitney form (ties count a half), which equals scikit-learn's
+    ``roc_auc_score(y, p, sample_weight=w)``; NaN where a round has no
+    positives or no negatives.
+    """
+    order = np.argsort(p, kind="stable")
+    y, p, w = np.asarray(y, dtype=np.float64)[order], np.asarray(p)[order], np.atleast_2d(weights)[:, order]
+    starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])  # groups of tied scores
+    pos = np.add.reduceat(w * y, starts, axis=1)
+    neg = np.add.reduceat(w * (1 - y), starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (pos * (below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def bootstrap_auroc(y: np.ndarray, p: np.ndarray, patients: np.ndarray, rounds: int, seed: int,
+                    level: float = 0.95) -> list[tuple[float, float] | None]:
+    """Per-class AUROC confidence intervals from a patient-level bootstrap.
+
+    Each round draws patients with replacement and keeps all of a drawn
+    patient's images (as sample weights = times drawn), so images of one
+    patient never count as independent evidence. Rounds where a class has no
+    positives or no negatives are skipped for that class; ``None`` if fewer
+    than half the rounds were usable.
+    """
+    y, p = np.asarray(y), np.asarray(p)
+    codes = np.unique(np.asarray(patients), return_inverse=True)[1]
+    n_patients = int(codes.max()) + 1
+    rng = np.random.default_rng(seed)
+    drawn = np.stack([np.bincount(rng.integers(0, n_patients, n_patients), minlength=n_patients)
+                      for _ in range(rounds)])
+    weights = drawn[:, codes].astype(np.float64)
+    tail = (1 - level) / 2 * 100
+    out = []
+    for j in range(y.shape[1]):
+        scores = weighted_auroc(y[:, j], p[:, j], weights)
+        scores = scores[~np.isnan(scores)]
+        out.append((float(np.percentile(scores, tail)), float(np.percentile(scores, 100 - tail)))
+                   if len(scores) >= rounds / 2 else None)
+    return out
+
+
+def abnormal_score(probabilities: np.ndarray) -> np.ndarray:
+    """Probability of any finding: the binary output itself, or for 14 finding
+    outputs the noisy-OR ``1 - prod(1 - p_i)`` (findings taken as independent)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim == 1 or p.shape[1] == 1:
+        return p.reshape(-1)
+    return 1.0 - np.prod(1.0 - p, axis=1)
+
+
+def fbeta(tp: int, fp: int, fn: int, beta: float) -> float:
+    b2 = beta * beta
+    denominator = (1 + b2) * tp + b2 * fn + fp
+    return float((1 + b2) * tp / denominator) if denominator else 0.0
+
+
+def choose_threshold(y: np.ndarray, score: np.ndarray, method: str | float, beta: float = 3.0) -> float:
+    """Operating threshold from *validation* data: ``'youden'`` (max sensitivity
+    + specificity - 1), ``'fbeta'`` (max F-beta) or a fixed number."""
+    if not isinstance(method, str):
+        return float(method)
+    from sklearn.metrics import roc_curve
+
+    y, score = np.asarray(y).astype(int), np.asarray(score, dtype=np.float64)
+    if method == "youden":
+        fpr, tpr, thresholds = roc_curve(y, score)
+        best = int(np.argmax(tpr - fpr))
+        return float(min(thresholds[best], 1.0))
+    if method == "fbeta":
+        candidates = np.unique(score)
+        best_t, best_f = 0.5, -1.0
+        for t in candidates:
+            c = confusion(y, score, t)
+            f = fbeta(c["tp"], c["fp"], c["fn"], beta)
+            if f > best_f:
+                best_t, best_f = float(t), f
+        return best_t
+    raise ValueError(f"unknown threshold method {method!r}")
+
+
+def confusion(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, int]:
+    """Counts at ``score >= threshold`` meaning abnormal."""
+    y = np.asarray(y).astype(bool)
+    flagged = np.asarray(score) >= threshold
+    return {"tp": int((flagged & y).sum()), "fp": int((flagged & ~y).sum()),
+            "fn": int((~flagged & y).sum()), "tn": int((~flagged & ~y).sum())}
+
+
+def operating_point(y: np.ndarray, score: np.ndarray, threshold: float, beta: float) -> dict:
+    """Sensitivity, specificity, F-beta and the confusion matrix at a threshold."""
+    c = confusion(y, score, threshold)
+    positives, negatives = c["tp"] + c["fn"], c["tn"] + c["fp"]
+    return {"threshold": float(threshold),
+            "sensitivity": c["tp"] / positives if positives else None,
+            "specificity": c["tn"] / negatives if negatives else None,
+            "fbeta": fbeta(c["tp"], c["fp"], c["fn"], beta), "beta": beta, "confusion": c}
+
+
+def triage_curve(y: np.ndarray, score: np.ndarray, points: int = 101) -> list[dict]:
+    """For each threshold: share of normal exams a radiologist could skip
+    (scored below it) and share of abnormal exams that would be missed."""
+    y = np.asarray(y).astype(bool)
+    score = np.asarray(score)
+    rows = []
+    for t in np.linspace(0, 1, points):
+        below = score < t
+        rows.append({"threshold": round(float(t), 4),
+                     "normals_skipped": float(below[~y].mean()) if (~y).any() else 0.0,
+                     "abnormals_missed": float(below[y].mean()) if y.any() else 0.0})
+    return rows
+
+
+def baselines(y: np.ndarray, beta: float) -> dict:
+    """What trivial rules score on the same test data."""
+    y = np.asarray(y).astype(bool)
+    prevalence = float(y.mean())
+    return {
+        "always_abnormal": {"sensitivity": 1.0, "specificity": 0.0, "auroc": 0.5,
+                            "fbeta": fbeta(int(y.sum()), int((~y).sum()), 0, beta)},
+        "prevalence": {"description": "flag at random with probability = prevalence",
+                       "prevalence": prevalence, "sensitivity": prevalence, "specificity": 1 - prevalence,
+                       "auroc": 0.5},
+    }
+
+
+def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> tuple[float, list[dict]]:
+    """Expected calibration error (equal-width bins) and the reliability curve."""
+    y, p = np.asarray(y, dtype=np.float64).ravel(), np.asarray(p, dtype=np.float64).ravel()
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    ece, curve = 0.0, []
+    for b in range(bins):
+        mask = which == b
+        if not mask.any():
+            continue
+        predicted, observed = float(p[mask].mean()), float(y[mask].mean())
+        ece += mask.mean() * abs(predicted - observed)
+        curve.append({"bin": b, "mean_predicted": predicted, "fraction_positive": observed,
+                      "count": int(mask.sum())})
+    return float(ece), curve
+
+
+def evaluate_predictions(targets: Sequence[str], test_y: np.ndarray, test_p: np.ndarray,
+                         test_patients: np.ndarray, val_y: np.ndarray, val_p: np.ndarray, *,
+                         threshold: str | float, beta: float, min_positives: int, bootstrap: int,
+                         seed: int) -> dict:
+    """Everything ``metrics/eval/<variant>.json`` reports, plus the curves to plot.
+
+    The abnormal threshold is chosen on ``val_*`` only; test data never
+    influences it. Ground truth "abnormal" is any positive target.
+    """
+    targets = list(targets)
+    aurocs = per_class_auroc(test_y, test_p, targets, min_positives=1)
+    cis = bootstrap_auroc(test_y, test_p, test_patients, bootstrap, seed)
+    per_class, counted = {}, []
+    for j, name in enumerate(targets):
+        positives = int(test_y[:, j].sum())
+        enough = positives >= min_positives and aurocs[name] is not None
+        per_class[name] = {
+            "positives": positives, "auroc": aurocs[name], "pr_auc": pr_auc(test_y[:, j], test_p[:, j]),
+            "auroc_ci95": list(cis[j]) if cis[j] else None,
+            "status": "ok" if enough else f"fewer than {min_positives} test positives: not in the mean",
+        }
+        if enough:
+            counted.append(aurocs[name])
+
+    truth, score = test_y.max(axis=1), abnormal_score(test_p)
+    val_truth, val_score = val_y.max(axis=1), abnormal_score(val_p)
+    t = choose_threshold(val_truth, val_score, threshold, beta)
+    abnormal_auroc = per_class_auroc(truth[:, None], score[:, None], ["abnormal"])["abnormal"]
+    abnormal_ci = bootstrap_auroc(truth[:, None], score[:, None], test_patients, bootstrap, seed)[0]
+    ece, reliability = calibration(truth, score)
+    metrics = {
+        "mean_auroc": float(np.mean(counted)) if counted else None,
+        "mean_auroc_classes": len(counted),
+        "per_class": per_class,
+        "abnormal": {
+            "auroc": abnormal_auroc, "auroc_ci95": list(abnormal_ci) if abnormal_ci else None,
+            "pr_auc": pr_auc(truth, score), "prevalence": float(truth.mean()),
+            "threshold_method": threshold if isinstance(threshold, str) else "fixed",
+            "threshold_source": "validation split",
+            "at_threshold": operating_point(truth, score, t, beta),
+            "ece": ece, "baselines": baselines(truth, beta),
+        },
+        "test_images": int(len(test_y)), "test_patients": int(len(np.unique(test_patients))),
+        "bootstrap_rounds": bootstrap,
+    }
+    curves = {"triage": triage_curve(truth, score), "reliability": reliability,
+              "truth": truth, "score": score, "threshold": t}
+    return {"metrics": metrics, "curves": curves}
+
+
+def flat_metrics(metrics: dict) -> dict[str, float]:
+    """The scalar figures of an evaluation, flattened (``per_class.Edema.auroc``)."""
+    out = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            out[prefix[:-1]] = float(node)
+    walk(metrics, "")
+    return out

@@ -1,0 +1,99 @@
+"""Grad-CAM heatmaps for the abnormal score, and how much heat falls in a box."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cxr.outputs import atomic_path
+
+
+def _last_conv(model) -> str:
+    for layer in reversed(model.layers):
+        shape = getattr(layer, "output", None) is not None and layer.output.shape
+        if shape is not None and len(shape) == 4 and shape[1] > 1:
+            return layer.name
+    raise ValueError(f"{model.name}: no 4-D convolutional output to explain")
+
+
+def _feature_forward(model):
+    """A function images -> (last conv activations, probabilities) for our model shapes.
+
+    Our models are a chain of layers around at most one nested backbone; the
+    backbone is split at its last spatial feature map.
+    """
+    import keras
+
+    names = [layer.name for layer in model.layers]
+    if "backbone" in names:
+        backbone = model.get_layer("backbone")
+        inner = keras.Model(backbone.inputs, [backbone.get_layer(_last_conv(backbone)).output, backbone.output])
+    else:
+        inner, conv_name = None, _last_conv(model)
+
+    def forward(x):
+        features = None
+        for layer in model.layers[1:]:
+            if layer.name == "gray_to_rgb":
+                x = layer([x, x, x])
+            elif inner is not None and layer.name == "backbone":
+                features, x = inner(x)
+            else:
+                x = layer(x)
+                if inner is None and layer.name == conv_name:
+                    features = x
+        return features, x
+
+    return forward
+
+
+def grad_cam(model, images: np.ndarray) -> np.ndarray:
+    """Heatmaps in [0, 1], shape ``(n, size, size)``, for the abnormal score
+    (noisy-OR of the outputs; the output itself for a one-target model)."""
+    import tensorflow as tf
+
+    forward = _feature_forward(model)
+    x = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
+    with tf.GradientTape() as tape:
+        features, probabilities = forward(x)
+        tape.watch(features)
+        score = 1.0 - tf.reduce_prod(1.0 - probabilities, axis=1)
+    grads = tape.gradient(score, features)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
+    size = images.shape[1]
+    cam = tf.image.resize(cam, (size, size), method="bilinear")[..., 0].numpy()
+    peak = cam.max(axis=(1, 2), keepdims=True)
+    return np.where(peak > 0, cam / np.where(peak > 0, peak, 1), 0.0)
+
+
+def heat_in_box(cam: np.ndarray, box: tuple[float, float, float, float], source_size: float = 1024.0) -> float | None:
+    """Share of the heatmap's mass inside ``box`` = (x, y, w, h) given in
+    ``source_size`` pixel coordinates (NIH boxes are on 1024x1024 images)."""
+    total = float(cam.sum())
+    if total <= 0:
+        return None
+    scale = cam.shape[0] / source_size
+    x, y, w, h = (v * scale for v in box)
+    x0, y0 = max(int(np.floor(x)), 0), max(int(np.floor(y)), 0)
+    x1, y1 = min(int(np.ceil(x + w)), cam.shape[1]), min(int(np.ceil(y + h)), cam.shape[0])
+    return float(cam[y0:y1, x0:x1].sum() / total)
+
+
+def save_overlay(image: np.ndarray, cam: np.ndarray, path: str | os.PathLike, title: str) -> Path:
+    """The X-ray in gray with the heatmap over it, as PNG."""
+    from cxr.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(3.2, 3.4))
+    ax.imshow(np.squeeze(image), cmap="gray", vmin=0, vmax=255)
+    # Heat only where there is some: a model with no localized evidence shows a plain X-ray.
+    ax.imshow(np.ma.masked_less(cam, 0.05), cmap="jet", alpha=0.4, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return path

@@ -1,0 +1,108 @@
+"""PNG pictures with matplotlib (headless), readable without a browser."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cxr.outputs import atomic_path
+
+
+def pyplot():
+    """matplotlib's pyplot on the headless Agg backend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_history(rows: list[dict], path: str | os.PathLike, title: str) -> Path:
+    """Loss and AUROC per epoch, train beside val."""
+    plt = pyplot()
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(epochs, [r["loss"] for r in rows], "o-", label="train (weighted)")
+    ax_loss.plot(epochs, [r["val_loss"] for r in rows], "o-", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="binary cross-entropy", title="loss")
+    ax_auc.plot(epochs, [r["auroc"] for r in rows], "o-", label="train (augmented, running)")
+    ax_auc.plot(epochs, [r["val_auroc"] for r in rows], "o-", label="val (mean over findings)")
+    ax_auc.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax_auc.set(xlabel="epoch", ylabel="AUROC", title="AUROC", ylim=(0.3, 1.0))
+    for ax in (ax_loss, ax_auc):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    pyplot().close(fig)
+    return path
+
+
+def plot_roc(y: np.ndarray, p: np.ndarray, names: list[str], path, title: str) -> Path:
+    """One ROC curve per class with positives, AUROC in the legend."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for j, name in enumerate(names):
+        if 0 < y[:, j].sum() < len(y):
+            fpr, tpr, _ = roc_curve(y[:, j], p[:, j])
+            ax.plot(fpr, tpr, lw=1, label=f"{name} {roc_auc_score(y[:, j], p[:, j]):.2f}")
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(fontsize=6, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_pr(y: np.ndarray, score: np.ndarray, path, title: str) -> Path:
+    from sklearn.metrics import precision_recall_curve
+
+    plt = pyplot()
+    precision, recall, _ = precision_recall_curve(y, score)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(recall, precision)
+    ax.axhline(float(np.mean(y)), color="grey", ls="--", lw=0.8, label="prevalence")
+    ax.set(xlabel="recall", ylabel="precision", title=title, ylim=(0, 1.02))
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_calibration(curve: list[dict], ece: float, path, title: str) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="perfect")
+    ax.plot([c["mean_predicted"] for c in curve], [c["fraction_positive"] for c in curve], "o-",
+            label=f"model (ECE {ece:.3f})")
+    ax.set(xlabel="mean predicted probability", ylabel="observed share abnormal", title=title,
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_triage(curve: list[dict], threshold: float, path, title: str) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot([c["abnormals_missed"] for c in curve], [c["normals_skipped"] for c in curve], "-")
+    ax.set(xlabel="share of abnormal exams missed", ylabel="share of normal exams skipped",
+           title=f"{title} (threshold {threshold:.3f})", xlim=(0, 1), ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_confusion(c: dict, path, title: str) -> Path:
+    plt = pyplot()
+    matrix = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["normal", "abnormal"], yticklabels=["normal", "abnormal"],
+           xlabel="predicted", ylabel="actual", title=title)
+    return _save(fig, path)

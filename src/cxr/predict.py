@@ -1,0 +1,143 @@
+"""Predicting on image files with a trained or exported model (``cxr predict``, ``cxr serve``)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxr.data.images import ImageReadError, read_image, resize_image
+from cxr.errors import CxrError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+MODEL_FILE = "model.keras"
+MODEL_INFO = "model.json"
+
+
+class PredictError(CxrError):
+    """A model that cannot be found or used."""
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with stderr silenced: its C++ start-up lines (absl, oneDNN)
+    ignore TF_CPP_MIN_LOG_LEVEL and would bury the one-line errors of a command."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@dataclass
+class Predictor:
+    """A loaded model with everything needed to turn files into findings."""
+    name: str                 # shown in the output: variant and format
+    variant: str
+    targets: list[str]
+    size: int
+    threshold: float | None   # chosen on validation by the evaluate stage
+    run: object               # images (n, s, s, 1) 0..255 -> probabilities
+    keras_model: object = None
+
+    def predict_pixels(self, pixels: np.ndarray) -> dict:
+        from cxr.evaluate import abnormal_score
+        image = resize_image(pixels, self.size)[None, ..., None].astype(np.float32)
+        p = np.asarray(self.run(image))[0]
+        score = float(abnormal_score(p[None])[0])
+        return {"model": self.name,
+                "findings": {t: round(float(v), 6) for t, v in zip(self.targets, p)},
+                "abnormal_score": round(score, 6),
+                "abnormal": None if self.threshold is None else bool(score >= self.threshold),
+                "threshold": self.threshold}
+
+
+def best_variant(root: Path) -> str:
+    """The trained variant with the highest validation AUROC."""
+    scores = {}
+    for path in sorted((root / "metrics" / "train").glob("*.json")):
+        value = json.loads(path.read_text()).get("val_auroc")
+        if value is not None and (root / "models" / path.stem / MODEL_FILE).is_file():
+            scores[path.stem] = value
+    if not scores:
+        raise PredictError(f"{root / 'models'}: no trained model found; run `dvc repro` or pass --model")
+    return max(scores, key=scores.get)
+
+
+def _threshold(root: Path, variant: str) -> float | None:
+    path = root / "metrics" / "eval" / f"{variant}.json"
+    if not path.is_file():
+        return None
+    return float(json.loads(path.read_text())["abnormal"]["at_threshold"]["threshold"])
+
+
+def load_predictor(model: str | os.PathLike | None = None, root: str | os.PathLike = ".") -> Predictor:
+    """``model``: a variant's folder, its ``model.keras``, one of its ``.tflite`` files,
+    or None for the variant with the best validation AUROC."""
+    root = Path(root)
+    path = Path(model) if model else root / "models" / best_variant(root)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise PredictError(f"{path}: no such model file")
+    variant_dir = path.parent.parent if path.parent.name == "export" else path.parent
+    info_path = variant_dir / MODEL_INFO
+    if not info_path.is_file():
+        raise PredictError(f"{info_path}: missing (written by the train stage next to the model)")
+    info = json.loads(info_path.read_text())
+    variant = info["variant"]
+    threshold = _threshold(root, variant)
+    if path.suffix == ".tflite":
+        from cxr.export import TFLiteModel
+        runner = TFLiteModel(path)
+        return Predictor(f"{variant} ({path.name})", variant, info["targets"], info["size"], threshold,
+                         runner.predict)
+    if path.suffix == ".keras":
+        import_tensorflow_quietly()
+        from cxr.train import load_model, predict
+        keras_model = load_model(path)
+        return Predictor(f"{variant} (keras)", variant, info["targets"], info["size"], threshold,
+                         lambda x: predict(keras_model, x), keras_model)
+    raise PredictError(f"{path}: expected a .keras or .tflite model")
+
+
+def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given, and image files found under folders (recursively), in order."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
+def predict_files(predictor: Predictor, paths: Iterable[Path]) -> Iterator[tuple[Path, dict | None, str | None]]:
+    """``(path, result, None)`` per readable image, ``(path, None, reason)`` per unreadable one."""
+    for path in paths:
+        try:
+            pixels = read_image(path)
+        except ImageReadError as e:
+            yield path, None, str(e)
+            continue
+        yield path, {"image": str(path), **predictor.predict_pixels(pixels)}, None
+
+
+def heatmap(predictor: Predictor, path: Path, out_dir: Path) -> Path:
+    """Grad-CAM overlay for one file (Keras models only)."""
+    from cxr.gradcam import grad_cam, save_overlay
+    if predictor.keras_model is None:
+        raise PredictError("--heatmap needs the Keras model (gradients); pass --model models/<variant>")
+    image = resize_image(read_image(path), predictor.size)[None, ..., None].astype(np.float32)
+    cam = grad_cam(predictor.keras_model, image)[0]
+    return save_overlay(image[0], cam, out_dir / f"{path.stem}_heatmap.png", f"{path.name} ({predictor.name})")

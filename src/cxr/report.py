@@ -1,0 +1,104 @@
+"""``reports/summary.md``: every variant side by side, published references, a model card."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# Published results on the FULL ChestX-ray14 dataset; never measured here.
+PUBLISHED = (
+    ("Wang et al. 2017 (ChestX-ray8 paper)", "ResNet-50, ImageNet-pretrained", "official split", "~0.74"),
+    ("Rajpurkar et al. 2017 (CheXNet)", "DenseNet-121, ImageNet-pretrained", "random patient split", "0.841"),
+    ("DenseNet-121 on the official split (e.g. Baltruschat et al. 2019)", "DenseNet-121", "official split",
+     "~0.80"),
+)
+
+
+def _num(v, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _auroc_cell(entry: Mapping) -> str:
+    if entry.get("auroc") is None:
+        return "n/a"
+    ci = entry.get("auroc_ci95")
+    text = f"{entry['auroc']:.2f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
+    return text if entry.get("status", "ok") == "ok" else f"*{text}*"
+
+
+def summary_markdown(evals: Mapping[str, dict], trains: Mapping[str, dict], exports: Mapping[str, dict],
+                     data: Mapping[str, object]) -> str:
+    """The report as markdown. ``evals``/``trains``/``exports`` map variant -> that stage's metrics JSON."""
+    variants = list(evals)
+    lines = ["# cxr-pipeline: results across model variants", "",
+             f"Data: {data['source']} — {data['images']} images, {data['patients']} patients; "
+             f"split {data['split']} (test: {data['test_images']} images). Image size {data['size']} px.", ""]
+
+    lines += ["## Abnormal vs normal (triage view, test split)", "",
+              "| variant | AUROC (95% CI) | threshold (from val) | sensitivity | specificity | F-beta | ECE | "
+              "val AUROC (train) | epochs |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for v in variants:
+        a = evals[v]["abnormal"]
+        op = a["at_threshold"]
+        t = trains.get(v, {})
+        lines.append(f"| {v} | {_auroc_cell(a)} | {op['threshold']:.3f} ({a['threshold_method']}) | "
+                     f"{_num(op['sensitivity'])} | {_num(op['specificity'])} | {_num(op['fbeta'])} "
+                     f"(β={op['beta']:g}) | {_num(a['ece'])} | {_num(t.get('val_auroc'))} | "
+                     f"{t.get('epochs_run', 'n/a')} |")
+    if variants:
+        base = evals[variants[0]]["abnormal"]["baselines"]
+        lines += ["", f"Trivial baselines on the same test split: always flag abnormal → sensitivity 1.000, "
+                  f"specificity 0.000, F-beta {base['always_abnormal']['fbeta']:.3f}; flag at random at the "
+                  f"prevalence ({base['prevalence']['prevalence']:.3f}) → AUROC 0.5.", ""]
+
+    lines += ["## AUROC per finding (test split, 95% CI from a patient-level bootstrap)", "",
+              "Italic: fewer test positives than `evaluate.min_positives`; shown, not in the mean.", "",
+              "| finding | positives | " + " | ".join(variants) + " |",
+              "|---|---|" + "---|" * len(variants)]
+    findings = list(evals[variants[0]]["per_class"]) if variants else []
+    for f in findings:
+        positives = evals[variants[0]]["per_class"][f]["positives"]
+        cells = " | ".join(_auroc_cell(evals[v]["per_class"][f]) for v in variants)
+        lines.append(f"| {f} | {positives} | {cells} |")
+    means = " | ".join(f"**{_num(evals[v]['mean_auroc'], 2)}** ({evals[v]['mean_auroc_classes']} classes)"
+                       for v in variants)
+    lines += [f"| **mean** | | {means} |", ""]
+
+    if exports:
+        lines += ["## Exported models (size, CPU latency, agreement with Keras on the test split)", "",
+                  "| variant | format | size MB | ms / image | max abs diff | mean AUROC Δ vs Keras |",
+                  "|---|---|---|---|---|---|"]
+        for v, e in exports.items():
+            for fmt, m in e.get("tflite", {}).items():
+                lines.append(f"| {v} | TFLite {fmt} | {_num(m['size_mb'], 2)} | {_num(m['ms_per_image'], 2)} | "
+                             f"{_num(m['max_abs_diff'], 4)} | {_num(m['mean_auroc_delta'], 4)} |")
+            if "coreml" in e:
+                lines.append(f"| {v} | Core ML | {_num(e['coreml']['size_mb'], 2)} | macOS only | "
+                             "spec checked | |")
+        lines.append("")
+
+    lines += ["## Published references (full dataset — NOT measured here)", "",
+              "Mean AUROC over the 14 findings as published, on all 112,120 images with ImageNet "
+              "pretraining. They are context, not a comparison: the bundled sample is 0.5% of the data and "
+              "the offline default trains from random initialization.", "",
+              "| source | model | split | mean AUROC |", "|---|---|---|---|"]
+    lines += [f"| {s} | {m} | {sp} | {a} |" for s, m, sp, a in PUBLISHED]
+    lines += ["", MODEL_CARD]
+    return "\n".join(lines) + "\n"
+
+
+MODEL_CARD = """## Model card
+
+- **Data**: NIH ChestX-ray14 (Wang et al., CVPR 2017): frontal chest X-rays from the NIH Clinical Center,
+  labels for 14 findings mined from radiology reports by NLP. Splits are by patient; no patient is in two
+  splits.
+- **Intended use**: research, and triage support (ordering a reading list, flagging likely-normal studies
+  for a second look) under a radiologist's supervision. **Not for diagnosis.**
+- **Label noise**: NLP-mined labels are imperfect (estimated accuracy above 90% for most findings in the
+  original paper; expert re-reads such as Google's 2019 adjudicated labels disagree on a share of images).
+  Metrics here are agreement with those labels, not with ground truth.
+- **Limits of the bundled sample**: 557 images; some findings (Edema, Hernia, Pneumonia) have only a handful
+  of test positives, so their AUROCs carry very wide intervals. The offline default starts from random
+  weights and trains for minutes on a CPU: its numbers show the pipeline works end to end, not clinical
+  performance. Rerun at full scale (see README) for meaningful figures.
+- **Thresholds** are chosen on the validation split only and reported on the test split.
+"""

@@ -1,0 +1,185 @@
+"""MLflow: the one place that knows run names, tags and what gets logged.
+
+Store: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` in the
+project root (gitignored; never a DVC output). Runs are linked to models by
+content: every training run is tagged with the sha256 of the model file it
+produced, and evaluation logs into the newest run with that tag, so no run
+ID has to live in a DVC output (which would change its hash every run).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from contextlib import contextmanager
+
+from cxr.errors import CxrError
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+EXPERIMENT = "cxr-pipeline"
+TAG_VARIANT = "cxr.variant"
+TAG_STAGE = "cxr.stage"
+TAG_MODEL = "cxr.model_sha256"
+TAG_DATA = "cxr.data_sha256"
+
+
+class TrackingError(CxrError):
+    """The tracking store cannot be used."""
+
+
+def tracking_uri(env: dict | None = None) -> str:
+    env = os.environ if env is None else env
+    return env.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail before any work if the store cannot take runs."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status != 200:
+                    raise OSError(f"HTTP {r.status}")
+        except (OSError, urllib.error.URLError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({reason}); "
+                                f"start it, or unset MLFLOW_TRACKING_URI to log to {DEFAULT_URI}") from None
+    elif uri.startswith("file:") or "://" not in uri:
+        raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: MLflow 3 refuses file stores; use {DEFAULT_URI} "
+                            "or an http(s) tracking server")
+
+
+def file_sha256(paths: Iterable[str | os.PathLike]) -> str:
+    """One sha256 over the bytes of several files, in order."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def git_state(cwd: str | os.PathLike = ".") -> dict[str, str]:
+    """Commit and dirty flag of the work tree (``unknown`` outside git)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
+    return {"git.commit": head.stdout.strip(), "git.dirty": str(dirty).lower()}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{'train': {'augment': {'zoom': 0.1}}}`` -> ``{'train.augment.zoom': 0.1}``."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+@contextmanager
+def training_run(variant: str, stage: str, params: dict, data_sha256: str, uri: str | None = None):
+    """An MLflow run for one training of ``variant``; yields the ``mlflow`` module."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri or tracking_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    tags = {TAG_VARIANT: variant, TAG_STAGE: stage, TAG_DATA: data_sha256, **git_state()}
+    with mlflow.start_run(run_name=variant, tags=tags):
+        mlflow.log_params({k: "null" if v is None else v for k, v in flatten(params).items()})
+        yield mlflow
+
+
+def epoch_logger():
+    """Keras callback: each epoch's metrics to the active MLflow run."""
+    import keras
+    import mlflow
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            finite = {k: float(v) for k, v in (logs or {}).items()
+                      if isinstance(v, (int, float)) and v == v}
+            mlflow.log_metrics(finite, step=epoch + 1)
+
+    return EpochLogger()
+
+
+def log_trained_model(mlflow, model, model_path: str | os.PathLike, summary: dict,
+                      artifacts: Iterable[str | os.PathLike] = ()) -> None:
+    """The model (with signature), its summary metrics, artifacts and content tag."""
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    size = model.inputs[0].shape[1]
+    example = np.zeros((1, size, size, 1), dtype=np.float32)
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    import keras
+    import tensorflow as tf
+    # Pinned here: MLflow's own requirement inference reloads the model in a subprocess (~10 s).
+    requirements = [f"tensorflow-cpu=={tf.__version__}", f"keras=={keras.__version__}"]
+    mlflow.tensorflow.log_model(model, name="model", signature=signature, pip_requirements=requirements)
+    mlflow.log_metrics({f"best_{k}": float(v) for k, v in summary.items()
+                        if isinstance(v, (int, float)) and v == v})
+    for path in artifacts:
+        mlflow.log_artifact(str(path))
+    mlflow.set_tag(TAG_MODEL, file_sha256([model_path]))
+
+
+def find_training_run(variant: str, model_path: str | os.PathLike, uri: str | None = None) -> str | None:
+    """ID of the newest training run that produced exactly this model file."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri or tracking_uri())
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    sha = file_sha256([model_path])
+    runs = mlflow.search_runs([experiment.experiment_id], output_format="list", max_results=1,
+                              filter_string=(f"tags.`{TAG_MODEL}` = '{sha}' and tags.`{TAG_VARIANT}` = '{variant}' "
+                                             f"and tags.`{TAG_STAGE}` LIKE 'train@%'"),
+                              order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+
+def log_evaluation(variant: str, model_path: str | os.PathLike, metrics: dict[str, float], params: dict,
+                   artifacts: Iterable[str | os.PathLike] = (), uri: str | None = None) -> str:
+    """Log an evaluation as a child run of the training run of this exact model file.
+
+    The child holds the evaluate params (MLflow params are immutable, and each
+    evaluation may use other ones), the test metrics and the pictures; the
+    training run also gets the latest test metrics, so one view shows a model's
+    training and its test results. Without a training run (store reset), a
+    new top-level run tagged the same way. Returns the child's run ID.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(uri or tracking_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    test_metrics = {f"test_{k}": float(v) for k, v in metrics.items() if v is not None}
+    tags = {TAG_VARIANT: variant, TAG_STAGE: f"evaluate@{variant}", TAG_MODEL: file_sha256([model_path]),
+            **git_state()}
+    parent = find_training_run(variant, model_path, uri)
+    if parent:
+        with mlflow.start_run(run_id=parent):
+            mlflow.log_metrics(test_metrics)
+            with mlflow.start_run(run_name=f"evaluate {variant}", nested=True, tags=tags) as run:
+                _log_evaluation_run(mlflow, test_metrics, params, artifacts)
+                return run.info.run_id
+    with mlflow.start_run(run_name=f"evaluate {variant}", tags=tags) as run:
+        _log_evaluation_run(mlflow, test_metrics, params, artifacts)
+        return run.info.run_id
+
+
+def _log_evaluation_run(mlflow, metrics: dict, params: dict, artifacts) -> None:
+    mlflow.log_metrics(metrics)
+    mlflow.log_params({f"evaluate.{k}": v for k, v in flatten(params).items()})
+    for path in artifacts:
+        mlflow.log_artifact(str(path), artifact_path="evaluation")

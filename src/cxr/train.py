@@ -1,0 +1,307 @@
+"""Training: the tf.data feed from the resize cache, augmentation, the fit loop, determinism."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from cxr.data.dataset import Dataset, Subset  # noqa: E402
+from cxr.evaluate import binary_crossentropy, mean_auroc  # noqa: E402
+from cxr.models import MODELS, build_model  # noqa: E402
+from cxr.outputs import atomic_path  # noqa: E402
+from cxr.params import AugmentParams, ModelParams, TrainParams  # noqa: E402
+
+MODEL_FILE = "model.keras"
+
+
+# --- determinism ---
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy and TF, and make TF ops deterministic."""
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def split_cpu(devices: int = 2) -> list[str]:
+    """Split the CPU into logical devices (for MirroredStrategy on a CPU-only machine).
+
+    Must run before TensorFlow initializes its devices; returns their names.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    # Asking for logical devices would initialize them; the configuration does not.
+    configured = tf.config.get_logical_device_configuration(cpu) or []
+    if len(configured) < devices:
+        try:
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+        except RuntimeError as e:  # devices already initialized in this process
+            raise RuntimeError(f"cannot split the CPU after TensorFlow started: {e}") from None
+    return [d.name for d in tf.config.list_logical_devices("CPU")][:devices]
+
+
+# --- loss ---
+
+def balanced_class_weights(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class weights for positives and negatives, each side counting equally.
+
+    w_pos = negatives / n and w_neg = positives / n (CheXNet's weighting):
+    bounded in [0, 1], unlike negatives / positives, which reaches ~100 for
+    Hernia and makes the loss swing. A class with no positives keeps 1 / 1.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    n = len(y)
+    pos = y.sum(axis=0)
+    w_pos = np.where(pos > 0, (n - pos) / n, 1.0)
+    w_neg = np.where(pos > 0, pos / n, 1.0)
+    return w_pos.astype(np.float32), w_neg.astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class WeightedBinaryCrossentropy(keras.losses.Loss):
+    """Binary cross-entropy with a weight per class for positives and for negatives."""
+
+    def __init__(self, positive_weights, negative_weights, name="weighted_bce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.positive_weights = [float(w) for w in positive_weights]
+        self.negative_weights = [float(w) for w in negative_weights]
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        eps = keras.config.epsilon()
+        p = ops.clip(y_pred, eps, 1 - eps)
+        y = ops.cast(y_true, p.dtype)
+        w_pos = ops.convert_to_tensor(self.positive_weights, dtype=p.dtype)
+        w_neg = ops.convert_to_tensor(self.negative_weights, dtype=p.dtype)
+        loss = -(w_pos * y * ops.log(p) + w_neg * (1 - y) * ops.log(1 - p))
+        return ops.mean(loss, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "positive_weights": self.positive_weights,
+                "negative_weights": self.negative_weights}
+
+
+# --- input pipeline ---
+
+def augmentation(params: AugmentParams, seed: int) -> keras.Sequential | None:
+    """Seeded Keras augmentation layers from params; ``None`` when all are off."""
+    if not params.enabled:
+        return None
+    layers = []
+    if params.rotation:
+        layers.append(keras.layers.RandomRotation(params.rotation / 360, fill_mode="constant", seed=seed))
+    if params.shift:
+        layers.append(keras.layers.RandomTranslation(params.shift, params.shift, fill_mode="constant", seed=seed + 1))
+    if params.zoom:
+        layers.append(keras.layers.RandomZoom(params.zoom, fill_mode="constant", seed=seed + 2))
+    if params.shear:
+        layers.append(keras.layers.RandomShear(params.shear, params.shear, fill_mode="constant", seed=seed + 3))
+    if params.horizontal_flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
+    return keras.Sequential(layers, name="augment")
+
+
+def make_dataset(pixels: np.ndarray, subset: Subset, batch_size: int, shuffle: bool = False,
+                 seed: int = 0, augment: keras.Sequential | None = None) -> tf.data.Dataset:
+    """Batches of ``(images float32 (b, s, s, 1) in 0..255, targets)`` from the cache.
+
+    Indices are shuffled and batched first; each batch is then one fancy-index
+    into the memory-mapped cache (no per-image decode or file open).
+    """
+    rows, y = subset.rows, subset.y.astype(np.float32)
+    size = pixels.shape[1]
+
+    def gather(idx):
+        return np.asarray(pixels[rows[idx]])[..., None], y[idx]
+
+    def load(idx):
+        images, targets = tf.numpy_function(gather, [idx], (tf.uint8, tf.float32), stateful=False)
+        images.set_shape((None, size, size, 1))
+        targets.set_shape((None, y.shape[1]))
+        return tf.cast(images, tf.float32), targets
+
+    ds = tf.data.Dataset.range(len(rows))
+    if shuffle:
+        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+    # A plain map: op determinism would turn a parallel one sequential anyway (and
+    # log an error per epoch doing so); prefetch still overlaps it with training.
+    ds = ds.batch(batch_size).map(load)
+    if augment is not None:
+        # Sequential on purpose: Keras random layers draw from one seed stream, and
+        # a fixed call order keeps two runs identical. It runs ahead via prefetch.
+        ds = ds.map(lambda x, t: (tf.clip_by_value(augment(x, training=True), 0.0, 255.0), t))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# --- fit loop ---
+
+class ValidationScores(keras.callbacks.Callback):
+    """Exact val loss and mean AUROC (scikit-learn) after each epoch, written into ``logs``.
+
+    It must come before EarlyStopping / ReduceLROnPlateau in the callback
+    list: they read ``val_auroc`` from the same ``logs``. It also keeps the
+    best epoch's weights across both training phases.
+    """
+
+    def __init__(self, data: tf.data.Dataset, y: np.ndarray):
+        super().__init__()
+        self.data, self.y = data, y
+        self.rows: list[dict] = []
+        self.best: dict | None = None
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        p = self.model.predict(self.data, verbose=0)
+        auroc = mean_auroc(self.y, p)
+        logs["val_loss"] = binary_crossentropy(self.y, p)
+        logs["val_auroc"] = auroc if auroc is not None else float("nan")
+        lr = self.model.optimizer.learning_rate
+        row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "auroc": float(logs.get("auroc", float("nan"))),
+               "val_loss": logs["val_loss"], "val_auroc": logs["val_auroc"],
+               "learning_rate": float(keras.ops.convert_to_numpy(lr))}
+        self.rows.append(row)
+        if self.best is None or (auroc is not None and not row["val_auroc"] <= self.best["val_auroc"]):
+            self.best = row
+            self.best_weights = self.model.get_weights()
+
+
+def _optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    return {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
+            "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9)}[name](learning_rate)
+
+
+def _set_backbone_trainable(model: keras.Model, layers: int | str | None) -> None:
+    """``None``: backbone frozen; ``'all'``: all trainable; n: only its top n layers."""
+    backbone = model.get_layer("backbone")
+    backbone.trainable = layers is not None
+    if isinstance(layers, int):
+        for layer in backbone.layers[:-layers]:
+            layer.trainable = False
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    history: list[dict]
+    best: dict
+    epochs_run: int
+    seconds: float
+    images_per_second: float
+    extra: dict = field(default_factory=dict)
+
+
+def train_model(dataset: Dataset, model_params: ModelParams, train_params: TrainParams, size: int,
+                name: str = "model", callbacks: Sequence[keras.callbacks.Callback] = (),
+                strategy: tf.distribute.Strategy | None = None, verbose: int = 2) -> TrainResult:
+    """Build and fit one model on ``dataset``'s train split, scored on val each epoch.
+
+    Two phases for backbone families: ``freeze_epochs`` with the backbone
+    frozen at ``learning_rate``, then ``finetune_layers`` of it unfrozen at
+    ``finetune_learning_rate``. The best epoch by val AUROC is kept.
+    """
+    tp, mp = train_params, model_params
+    set_determinism(tp.seed)
+    strategy = strategy or tf.distribute.get_strategy()
+    train, val = dataset.splits["train"], dataset.splits["val"]
+    targets = len(dataset.targets)
+    with strategy.scope():
+        model = build_model(mp.family, size, targets, mp.dropout, mp.weights, name=name)
+    if tp.class_weighting == "balanced":
+        loss = WeightedBinaryCrossentropy(*balanced_class_weights(train.y))
+    else:
+        loss = keras.losses.BinaryCrossentropy()
+    train_ds = make_dataset(dataset.pixels, train, tp.batch_size, shuffle=True, seed=tp.seed,
+                            augment=augmentation(tp.augment, tp.seed))
+    scores = ValidationScores(make_dataset(dataset.pixels, val, tp.batch_size * 4), val.y)
+    stop = keras.callbacks.EarlyStopping("val_auroc", mode="max", patience=tp.early_stopping_patience)
+    reduce = keras.callbacks.ReduceLROnPlateau("val_auroc", mode="max", factor=0.5,
+                                               patience=tp.reduce_lr_patience, min_lr=1e-6)
+    all_callbacks = [scores, stop, reduce, *callbacks]
+
+    backbone = MODELS[mp.family].backbone
+    phases = []
+    if backbone and mp.freeze_epochs:
+        phases.append((None, mp.learning_rate, mp.freeze_epochs))
+        phases.append((mp.finetune_layers, mp.finetune_learning_rate, mp.epochs))
+    else:
+        phases.append(("all", mp.learning_rate, mp.epochs))
+
+    started, epoch = time.perf_counter(), 0
+    for trainable, lr, until in phases:
+        if backbone:
+            _set_backbone_trainable(model, trainable)
+        with strategy.scope():
+            model.compile(optimizer=_optimizer(tp.optimizer, lr), loss=loss,
+                          metrics=[keras.metrics.AUC(multi_label=True, num_labels=targets, name="auroc")])
+        model.fit(train_ds, initial_epoch=epoch, epochs=until, callbacks=all_callbacks,
+                  shuffle=False, verbose=verbose)  # tf.data already shuffles
+        epoch = len(scores.rows)  # EarlyStopping may end a phase early; the next starts from here
+    seconds = time.perf_counter() - started
+    model.set_weights(scores.best_weights)
+    return TrainResult(model=model, history=scores.rows, best=scores.best, epochs_run=len(scores.rows),
+                       seconds=seconds, images_per_second=len(train) * len(scores.rows) / seconds)
+
+
+# --- saving ---
+
+_FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def save_model(model: keras.Model, path: str | os.PathLike) -> None:
+    """Save a ``.keras`` file whose bytes depend only on the model.
+
+    Keras stamps the save date into ``metadata.json`` and the zip entries;
+    both are fixed here, so retraining to identical weights produces an
+    identical file and DVC does not rerun everything downstream. Saved
+    without its loss/optimizer: the file is for inference and export.
+    """
+    inference = keras.Model(model.inputs, model.outputs, name=model.name)
+    buffer = io.BytesIO()
+    with atomic_path(path) as tmp:
+        raw = tmp.with_suffix(".raw.keras")
+        inference.save(raw)
+        with zipfile.ZipFile(raw) as src, zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in sorted(src.infolist(), key=lambda i: i.filename):
+                data = src.read(info)
+                if info.filename == "metadata.json":
+                    meta = json.loads(data)
+                    meta["date_saved"] = "1980-01-01@00:00:00"
+                    data = json.dumps(meta, sort_keys=True).encode()
+                entry = zipfile.ZipInfo(info.filename, date_time=_FIXED_ZIP_TIME)
+                entry.compress_type = zipfile.ZIP_DEFLATED
+                dst.writestr(entry, data)
+        raw.unlink()
+        Path(tmp).write_bytes(buffer.getvalue())
+
+
+def load_model(path: str | os.PathLike) -> keras.Model:
+    return keras.models.load_model(path, compile=False)
+
+
+def predict(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Probabilities for ``(n, s, s, 1)`` uint8 or float images in 0..255."""
+    return model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+
+
+def history_rows_to_csv(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    lines = [",".join(keys)] + [",".join(_fmt(r[k]) for k in keys) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v) -> str:
+    return str(v) if isinstance(v, int) else f"{v:.6g}"
+

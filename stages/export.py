@@ -1,0 +1,61 @@
+"""export@<variant>: TFLite fp32/fp16/int8 and Core ML, with parity against Keras on the test split."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from cxr.errors import run_command  # noqa: E402
+from cxr.outputs import atomic_path, write_json  # noqa: E402
+from cxr.params import load_variant  # noqa: E402
+
+CACHE, LABELS, SPLITS = "data/cache", "data/labels.csv", "data/splits.csv"
+
+
+def main() -> None:
+    variant, params = load_variant(description=__doc__)
+    xp = params.export
+
+    from cxr import export
+    from cxr.data.dataset import load_dataset
+    from cxr.train import MODEL_FILE, load_model, predict
+
+    model = load_model(f"models/{variant}/{MODEL_FILE}")
+    data = load_dataset(CACHE, LABELS, SPLITS, params.labels.targets)
+    train, test = data.splits["train"], data.splits["test"]
+    rng = np.random.default_rng(xp.seed)
+    pick = np.sort(rng.choice(len(train), size=min(xp.representative_images, len(train)), replace=False))
+    representative = data.pixels[train.rows[pick]][..., None]
+    test_images = data.images("test")
+    reference = predict(model, test_images)
+
+    report = {"test_images": len(test), "tflite": {}}
+    out = f"models/{variant}/export"
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        produced = export.export_tflite(model, tmp, representative, xp.tflite)
+        for fmt, info in produced.items():
+            runner = export.TFLiteModel(info["path"])
+            got = runner.predict(test_images)
+            report["tflite"][fmt] = {
+                "kind": info["kind"], "size_mb": round(export.directory_size_mb(info["path"]), 3),
+                "ms_per_image": round(runner.latency_ms(test_images[: xp.latency_images]), 3),
+                **export.parity(reference, got, test.y, data.targets)}
+        if xp.coreml:
+            description = f"cxr-pipeline {variant}: chest X-ray findings ({params.labels.task})"
+            path = export.export_coreml(model, tmp / "model.mlpackage", data.targets, description)
+            report["coreml"] = {"size_mb": round(export.directory_size_mb(path), 3),
+                                "spec": export.coreml_spec_summary(path),
+                                "note": "Core ML prediction runs on macOS only; the spec is checked here"}
+    if "fp32" in report["tflite"]:
+        base = report["tflite"]["fp32"]["size_mb"]
+        for m in report["tflite"].values():
+            m["size_vs_fp32"] = round(m["size_mb"] / base, 3)
+    write_json(f"metrics/export/{variant}.json", report)
+    print(f"export@{variant}: " + ", ".join(
+        f"{fmt} {m['size_mb']:.2f} MB {m['ms_per_image']:.1f} ms/img max|Δ| {m['max_abs_diff']:.2g}"
+        for fmt, m in report["tflite"].items()))
+
+
+if __name__ == "__main__":
+    run_command(main, "export")

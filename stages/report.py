@@ -1,0 +1,36 @@
+"""report: reports/summary.md across all variants in params.yaml."""
+import json
+from pathlib import Path
+
+from cxr.errors import CxrError, run_command
+from cxr.outputs import atomic_path
+from cxr.params import load_params
+from cxr.report import summary_markdown
+
+OUT = "reports/summary.md"
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CxrError(f"{path}: missing; run its stage first (dvc repro)") from None
+
+
+def main() -> None:
+    params = load_params()
+    variants = list(params.models)
+    split = _read(Path("metrics/split.json"))
+    labels = _read(Path("metrics/labels.json"))
+    exports = {v: _read(p) for v in variants if (p := Path(f"metrics/export/{v}.json")).exists()}
+    data = {"source": params.data.source, "images": labels["rows"], "patients": labels["patients"],
+            "split": params.split.method, "test_images": split["test"]["images"], "size": params.image.size}
+    text = summary_markdown({v: _read(Path(f"metrics/eval/{v}.json")) for v in variants},
+                            {v: _read(Path(f"metrics/train/{v}.json")) for v in variants}, exports, data)
+    with atomic_path(OUT) as tmp:
+        tmp.write_text(text)
+    print(f"report: {OUT} ({len(variants)} variants)")
+
+
+if __name__ == "__main__":
+    run_command(main, "report")

@@ -1,0 +1,63 @@
+"""train@<variant>: fit one model variant on the cached train split, log the run to MLflow."""
+import dataclasses
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from cxr import tracking  # noqa: E402
+from cxr.errors import run_command  # noqa: E402
+from cxr.models import check_weights  # noqa: E402
+from cxr.outputs import atomic_path, write_json  # noqa: E402
+from cxr.params import load_variant  # noqa: E402
+
+CACHE = "data/cache"
+LABELS = "data/labels.csv"
+SPLITS = "data/splits.csv"
+
+
+def main() -> None:
+    variant, params = load_variant(description=__doc__)
+    model_params = params.model(variant)
+    # Fail fast, before data loading or TensorFlow start-up.
+    check_weights(model_params.weights, model_params.family, f"params.yaml: models.{variant}.weights")
+    uri = tracking.tracking_uri()
+    tracking.check_tracking_uri(uri)
+
+    from cxr import train
+    from cxr.data.dataset import load_dataset
+    from cxr.plots import plot_history
+
+    strategy = None
+    if params.train.distribute == "mirrored":
+        import tensorflow as tf
+        strategy = tf.distribute.MirroredStrategy(train.split_cpu(2))
+
+    dataset = load_dataset(CACHE, LABELS, SPLITS, params.labels.targets)
+    used = {"image": {"size": params.image.size},
+            "labels": {"task": params.labels.task, "target": params.labels.target},
+            "train": dataclasses.asdict(params.train), "model": dataclasses.asdict(model_params)}
+    data_sha = tracking.file_sha256([SPLITS, LABELS, f"{CACHE}/index.csv", f"{CACHE}/images.npy"])
+    model_dir, history_csv = f"models/{variant}", f"metrics/train/{variant}_history.csv"
+    with tracking.training_run(variant, f"train@{variant}", used, data_sha, uri) as mlflow:
+        result = train.train_model(dataset, model_params, params.train, params.image.size, name=variant,
+                                   callbacks=[tracking.epoch_logger()], strategy=strategy)
+        train.save_model(result.model, f"{model_dir}/{train.MODEL_FILE}")
+        write_json(f"{model_dir}/model.json", {"variant": variant, "family": model_params.family,
+                                               "targets": list(dataset.targets), "size": params.image.size})
+        with atomic_path(history_csv) as tmp:
+            tmp.write_text(train.history_rows_to_csv(result.history))
+        plot_path = plot_history(result.history, f"reports/{variant}/history.png", title=f"{variant}: training")
+        summary = {"best_epoch": result.best["epoch"], "train_loss": result.best["loss"],
+                   "train_auroc": result.best["auroc"], "val_loss": result.best["val_loss"],
+                   "val_auroc": result.best["val_auroc"], "epochs_run": result.epochs_run,
+                   "seconds": round(result.seconds, 2), "images_per_second": round(result.images_per_second, 1),
+                   "train_images": len(dataset.splits["train"]), "val_images": len(dataset.splits["val"])}
+        write_json(f"metrics/train/{variant}.json", summary)
+        tracking.log_trained_model(mlflow, result.model, f"{model_dir}/{train.MODEL_FILE}", summary,
+                                   artifacts=[plot_path, history_csv])
+    print(f"train@{variant}: best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
+          f"val AUROC {summary['val_auroc']:.4f}, {summary['images_per_second']} images/s")
+
+
+if __name__ == "__main__":
+    run_command(main, "train")

@@ -1,0 +1,122 @@
+"""Metric code against hand-computable cases; the threshold comes from validation only."""
+import numpy as np
+import pytest
+
+from cxr.evaluate import (abnormal_score, bootstrap_auroc, calibration, choose_threshold, confusion,
+                          evaluate_predictions, fbeta, flat_metrics, mean_auroc, operating_point,
+                          per_class_auroc, triage_curve, weighted_auroc)
+from cxr.gradcam import heat_in_box
+
+
+def test_auroc_by_hand_and_a_class_without_positives():
+    y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    p = np.array([[0.9, 0.3], [0.8, 0.1], [0.4, 0.2], [0.1, 0.5]])
+    # class a: positives 0.9, 0.4 vs negatives 0.8, 0.1 -> pairs won: (0.9>0.8, 0.9>0.1, 0.4>0.1) = 3 of 4
+    scores = per_class_auroc(y, p, ["a", "b"])
+    assert scores == {"a": 0.75, "b": None}
+    assert mean_auroc(y, p) == 0.75
+    assert per_class_auroc(y, p, ["a", "b"], min_positives=3)["a"] is None
+
+
+def test_patient_bootstrap_ci_contains_the_estimate_and_is_seeded():
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(60), 3)
+    y = rng.integers(0, 2, (180, 1))
+    p = np.clip(y * 0.3 + rng.random((180, 1)) * 0.7, 0, 1)
+    point = per_class_auroc(y, p, ["x"])["x"]
+    (low, high), = bootstrap_auroc(y, p, patients, rounds=300, seed=1)
+    assert low < point < high and high - low < 0.3
+    assert bootstrap_auroc(y, p, patients, rounds=300, seed=1) == [(low, high)]
+    assert bootstrap_auroc(np.zeros((180, 1)), p, patients, rounds=50, seed=1) == [None]
+
+
+def test_bootstrap_resamples_patients_not_images():
+    """A patient whose images all agree moves together: one huge patient widens the CI."""
+    y = np.array([[1], [0]] * 10 + [[1]] * 40)
+    p = np.array([[0.6], [0.4]] * 10 + [[0.35]] * 40)  # 40 positives scored below every negative
+    spread = lambda patients: np.subtract(*bootstrap_auroc(y, p, patients, 400, 0)[0][::-1])
+    one_patient_per_image = np.arange(60)
+    big_patient = np.concatenate([np.arange(20), np.full(40, 99)])
+    assert spread(big_patient) > spread(one_patient_per_image)
+
+
+def test_weighted_auroc_equals_scikit_learn_with_sample_weights():
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    p = np.round(rng.random(300), 2)  # plenty of ties
+    w = rng.integers(0, 4, (5, 300)).astype(float)
+    got = weighted_auroc(y, p, w)
+    want = [roc_auc_score(y, p, sample_weight=row) for row in w]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert np.isnan(weighted_auroc(np.zeros(10), rng.random(10), np.ones((1, 10))))[0]
+
+
+def test_abnormal_score_is_noisy_or():
+    p = np.array([[0.5, 0.5], [0.0, 0.0], [1.0, 0.2]])
+    np.testing.assert_allclose(abnormal_score(p), [0.75, 0.0, 1.0])
+    np.testing.assert_allclose(abnormal_score(np.array([[0.3], [0.8]])), [0.3, 0.8])
+
+
+def test_confusion_fbeta_and_operating_point_by_hand():
+    y = np.array([1, 1, 1, 0, 0, 0])
+    s = np.array([0.9, 0.6, 0.2, 0.7, 0.1, 0.3])
+    assert confusion(y, s, 0.5) == {"tp": 2, "fp": 1, "fn": 1, "tn": 2}
+    assert fbeta(2, 1, 1, beta=1) == pytest.approx(2 / 3)
+    assert fbeta(2, 1, 1, beta=3) == pytest.approx(10 * 2 / (10 * 2 + 9 * 1 + 1))
+    op = operating_point(y, s, 0.5, beta=3)
+    assert op["sensitivity"] == pytest.approx(2 / 3) and op["specificity"] == pytest.approx(2 / 3)
+
+
+def test_thresholds_youden_fbeta_fixed():
+    y = np.array([0, 0, 0, 0, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.35, 0.4, 0.3, 0.8, 0.9])
+    # Youden J: 0.8 -> 2/3 + 1 - 1 = 0.667; 0.3 -> 1 + 0.5 - 1 = 0.5.
+    assert choose_threshold(y, s, "youden") == pytest.approx(0.8)
+    # beta=3 prefers recall: F3 at 0.3 = 30/32 = 0.94 (all 3 abnormals, 2 false alarms) > 20/29 at 0.8.
+    assert choose_threshold(y, s, "fbeta", beta=3) == pytest.approx(0.3)
+    assert choose_threshold(y, s, 0.42) == 0.42
+
+
+def test_threshold_is_taken_from_validation_data_only():
+    rng = np.random.default_rng(0)
+    val_y = np.array([[0], [0], [1], [1]])
+    val_p = np.array([[0.1], [0.2], [0.7], [0.9]])
+    kw = dict(threshold="youden", beta=3.0, min_positives=1, bootstrap=20, seed=0)
+    results = []
+    for _ in range(2):  # two unrelated test sets
+        test_y = rng.integers(0, 2, (40, 1))
+        test_p = rng.random((40, 1))
+        results.append(evaluate_predictions(["abnormal"], test_y, test_p, np.arange(40), val_y, val_p, **kw))
+    chosen = [r["metrics"]["abnormal"]["at_threshold"]["threshold"] for r in results]
+    assert chosen[0] == chosen[1] == choose_threshold(val_y[:, 0], val_p[:, 0], "youden") == pytest.approx(0.7)
+    assert results[0]["metrics"]["abnormal"]["threshold_source"] == "validation split"
+
+
+def test_evaluation_reports_rare_classes_instead_of_dropping_them():
+    y = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 0], [0, 1, 0]] * 5)
+    p = np.random.default_rng(1).random((20, 3))
+    m = evaluate_predictions(["a", "b", "c"], y, p, np.arange(20), y, p, threshold="fbeta", beta=3.0,
+                             min_positives=6, bootstrap=30, seed=0)["metrics"]
+    assert m["per_class"]["b"]["positives"] == 5 and "fewer than 6" in m["per_class"]["b"]["status"]
+    assert m["mean_auroc_classes"] == 2
+    assert m["mean_auroc"] == pytest.approx(np.mean([m["per_class"]["a"]["auroc"], m["per_class"]["c"]["auroc"]]))
+    assert "per_class.a.auroc" in flat_metrics(m)
+
+
+def test_calibration_and_triage_by_hand():
+    ece, curve = calibration(np.array([0, 1, 1, 1]), np.array([0.05, 0.95, 0.95, 0.55]), bins=10)
+    # bins: 0.05 -> observed 0; 0.95 x2 -> 1; 0.55 -> 1: |0.05|*1/4 + |0.05|*2/4 + |0.45|*1/4
+    assert ece == pytest.approx(0.05 / 4 + 0.1 / 4 + 0.45 / 4)
+    assert [c["count"] for c in curve] == [1, 1, 2]
+    rows = triage_curve(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]), points=11)
+    at_half = next(r for r in rows if r["threshold"] == 0.5)
+    assert at_half == {"threshold": 0.5, "normals_skipped": 0.5, "abnormals_missed": 0.5}
+
+
+def test_heat_in_box_by_hand():
+    cam = np.zeros((64, 64))
+    cam[0:16, 0:16] = 1.0   # all heat in the top-left 256x256 of a 1024 image
+    assert heat_in_box(cam, (0, 0, 256, 256)) == 1.0
+    assert heat_in_box(cam, (0, 0, 128, 256)) == 0.5
+    assert heat_in_box(np.zeros((8, 8)), (0, 0, 10, 10)) is None

@@ -1,0 +1,133 @@
+"""Exports equal the Keras model; `cxr predict` on PNG, JPEG, DICOM and folders."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import BUNDLED, run
+from test_dicom import xray_as_dicom
+
+
+def test_every_variant_is_exported_with_parity_metrics(tiny_project):
+    for variant in ("cnn", "mobilenet"):
+        export_dir = tiny_project / "models" / variant / "export"
+        assert {p.name for p in export_dir.iterdir()} == {"model_fp32.tflite", "model_fp16.tflite",
+                                                         "model_int8.tflite", "model.mlpackage"}
+        report = json.loads((tiny_project / "metrics" / "export" / f"{variant}.json").read_text())
+        assert report["tflite"]["fp32"]["max_abs_diff"] < 1e-4
+        assert report["tflite"]["fp16"]["max_abs_diff"] < 0.02
+        assert report["tflite"]["int8"]["size_vs_fp32"] < 0.5
+        for fmt in ("fp32", "fp16", "int8"):
+            m = report["tflite"][fmt]
+            assert m["ms_per_image"] > 0 and m["size_mb"] > 0 and m["auroc"].keys()
+
+
+def test_tflite_outputs_match_keras_on_test_images(tiny_project, small_dataset):
+    from cxr.export import TFLiteModel
+    from cxr.train import load_model, predict
+    model = load_model(tiny_project / "models" / "mobilenet" / "model.keras")
+    images = small_dataset.images("test")[:16]
+    keras_p = predict(model, images)
+    for fmt, tolerance in (("fp32", 1e-4), ("fp16", 0.02), ("int8", 0.25)):
+        got = TFLiteModel(tiny_project / "models" / "mobilenet" / "export" / f"model_{fmt}.tflite").predict(images)
+        assert got.shape == keras_p.shape
+        assert np.max(np.abs(got - keras_p)) < tolerance, fmt
+
+
+def test_int8_calibrated_on_training_pixels_tracks_keras(small_dataset, tmp_path):
+    """The classic int8 failure (a representative set scaled unlike training) gives
+    constant outputs; ours must follow the float model image by image."""
+    from cxr.export import TFLiteModel, export_tflite
+    from cxr.models import build_model
+    from cxr.train import predict
+    model = build_model("cnn", 32, 14, dropout=0.5)
+    head = model.get_layer("probabilities")  # widen the head so outputs span 0..1, as a trained model's do
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 100, bias])
+    train = small_dataset.pixels[small_dataset.splits["train"].rows[:64]][..., None]
+    produced = export_tflite(model, tmp_path, train, formats=["int8"])
+    assert produced["int8"]["kind"].startswith("full integer")
+    images = small_dataset.images("test")
+    want, got = predict(model, images), TFLiteModel(produced["int8"]["path"]).predict(images)
+    assert want.std(axis=0).mean() > 0.05
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.95
+
+
+def test_coreml_spec_has_gray_image_input_scale_one_and_named_output(tiny_project):
+    from cxr.data import FINDINGS
+    from cxr.export import coreml_spec_summary
+    spec = coreml_spec_summary(tiny_project / "models" / "cnn" / "export" / "model.mlpackage")
+    assert spec["input_name"] == "image" and spec["input_type"] == "imageType"
+    assert spec["color_space"] == "GRAYSCALE" and spec["width"] == spec["height"] == 32
+    assert spec["outputs"] == ["probabilities"] and spec["classes"] == list(FINDINGS)
+    # The Keras model rescales inside, so Core ML must pass pixels through unscaled.
+    assert spec["input_scale"] == 1.0
+    from cxr.train import load_model
+    assert load_model(tiny_project / "models" / "cnn" / "model.keras").get_layer("rescale").scale == 1 / 255
+
+
+def _predict(project, *args):
+    return run(["cxr", "predict", *args], project, check=False)
+
+
+def test_predict_png_jpeg_dicom_and_folder(tiny_project, tmp_path):
+    images = sorted((BUNDLED / "images").glob("*.png"))
+    jpeg = tmp_path / "inputs" / "xray.jpg"
+    jpeg.parent.mkdir()
+    Image.open(images[0]).save(jpeg, quality=92)
+    (tmp_path / "inputs" / "nested").mkdir()
+    xray_as_dicom(images[1], tmp_path / "inputs" / "nested" / "xray.dcm", monochrome1=True)
+    proc = _predict(tiny_project, str(images[2]), str(tmp_path / "inputs"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["image"].rsplit("/", 1)[-1] for r in results] == [images[2].name, "xray.dcm", "xray.jpg"]
+    threshold = json.loads((tiny_project / "metrics" / "eval" / f"{_best(tiny_project)}.json").read_text())[
+        "abnormal"]["at_threshold"]["threshold"]
+    for r in results:
+        assert set(r) == {"image", "model", "findings", "abnormal_score", "abnormal", "threshold"}
+        assert len(r["findings"]) == 14 and 0 <= r["abnormal_score"] <= 1
+        assert r["threshold"] == pytest.approx(threshold) and r["abnormal"] == (r["abnormal_score"] >= threshold)
+
+
+def _best(project):
+    scores = {p.stem: json.loads(p.read_text())["val_auroc"] for p in (project / "metrics" / "train").glob("*.json")}
+    return max(scores, key=scores.get)
+
+
+def test_predict_with_tflite_matches_keras(tiny_project):
+    image = str(sorted((BUNDLED / "images").glob("*.png"))[5])
+    keras_out = json.loads(_predict(tiny_project, image, "--json", "--model", "models/cnn").stdout)
+    lite_out = json.loads(_predict(tiny_project, image, "--json", "--model",
+                                   "models/cnn/export/model_fp32.tflite").stdout)
+    assert lite_out["model"] == "cnn (model_fp32.tflite)"
+    assert lite_out["abnormal_score"] == pytest.approx(keras_out["abnormal_score"], abs=1e-4)
+
+
+def test_predict_bad_inputs_are_one_line_each_and_others_still_predicted(tiny_project, tmp_path):
+    good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("not an image")
+    proc = _predict(tiny_project, str(tmp_path / "empty.png"), good, str(tmp_path / "notes.png"),
+                    str(tmp_path / "missing.png"), "--json")
+    assert proc.returncode == 1
+    assert len(proc.stdout.splitlines()) == 1
+    errors = proc.stderr.strip().splitlines()
+    assert errors == [f"cxr predict: {tmp_path / 'empty.png'}: empty file (0 bytes)",
+                      f"cxr predict: {tmp_path / 'notes.png'}: not an image (unrecognized format)",
+                      f"cxr predict: {tmp_path / 'missing.png'}: cannot read file (No such file or directory)"]
+
+
+def test_predict_table_and_heatmap(tiny_project, tmp_path):
+    good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
+    proc = _predict(tiny_project, good, "--model", "models/mobilenet", "--heatmap", str(tmp_path / "heat"))
+    assert proc.returncode == 0, proc.stderr
+    assert "abnormal score" in proc.stdout and "Pleural_Thickening" in proc.stdout
+    [overlay] = list((tmp_path / "heat").iterdir())
+    assert Image.open(overlay).size[0] > 100
+
+
+def test_predict_unknown_model_is_one_line(tiny_project):
+    proc = _predict(tiny_project, "x.png", "--model", "models/nope")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "cxr predict: models/nope: no such model file"

@@ -1,0 +1,150 @@
+"""Bad inputs, interrupted stages, determinism: the pipeline never leaves broken outputs."""
+import io
+import json
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from conftest import BUNDLED, edit_params, project_env, run, tiny_params
+from test_images import _png_claiming
+
+BAD = {  # name -> reason resize and predict must give
+    "zero.png": "empty file (0 bytes)",
+    "truncated.png": "corrupt PNG",
+    "text.png": "not an image (unrecognized format)",
+    "bomb.png": "decompression bomb",
+    "nopixels.dcm": "DICOM has no pixel data",
+}
+ODD_BUT_VALID = ("jpeg_named.png", "deep16.png", "rgba.png", "palette.png", "cmyk.jpg", "one_pixel.png",
+                 "wide.png")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Every bad or odd input the issue lists, made from a real X-ray, plus 3 good images."""
+    folder = tmp_path_factory.mktemp("corpus")
+    images = sorted((BUNDLED / "images").glob("*.png"))
+    xray = Image.open(images[0])
+    for p in images[1:4]:
+        shutil.copy(p, folder / p.name)
+    data = images[0].read_bytes()
+
+    def save(name, img, fmt="PNG", **kw):
+        buf = io.BytesIO()
+        img.save(buf, fmt, **kw)
+        (folder / name).write_bytes(buf.getvalue())
+
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "truncated.png").write_bytes(data[: len(data) // 3])
+    (folder / "text.png").write_text("patient notes, not a picture\n")
+    (folder / "bomb.png").write_bytes(_png_claiming(30000, 30000))
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.PixelData
+    ds.save_as(folder / "nopixels.dcm")
+    save("jpeg_named.png", xray, "JPEG")
+    save("deep16.png", Image.fromarray(np.asarray(xray).astype(np.uint16) * 256))
+    save("rgba.png", xray.convert("RGBA"))
+    save("palette.png", xray.convert("P", palette=Image.Palette.ADAPTIVE))
+    save("cmyk.jpg", xray.convert("CMYK"), "JPEG")
+    save("one_pixel.png", xray.crop((0, 0, 1, 1)))
+    save("wide.png", xray.resize((300, 180)))
+    return folder
+
+
+def test_resize_excludes_bad_inputs_with_reasons_and_keeps_the_rest(corpus, tmp_path):
+    from cxr.data.cache import build_cache, load_cache
+    report = build_cache(sorted(corpus.iterdir()), 32, 2, tmp_path / "cache", max_bad_fraction=0.5, progress=False)
+    assert set(report["excluded_images"]) == set(BAD)
+    for name, reason in BAD.items():
+        assert reason in report["excluded_images"][name]
+    pixels, index = load_cache(tmp_path / "cache")
+    assert set(index["Image Index"]) == set(ODD_BUT_VALID) | {p.name for p in corpus.iterdir() if p.name[0] == "0"}
+    assert report["cached"] == len(index) == 10
+    rows = index.set_index("Image Index")["row"]
+    assert pixels[rows["rgba.png"]].std() > 10 and pixels[rows["deep16.png"]].max() > 200
+
+
+def test_predict_reports_each_bad_input_and_predicts_the_rest(corpus, tiny_project):
+    proc = run(["cxr", "predict", str(corpus), "--json", "--model", "models/cnn"], tiny_project, check=False)
+    assert proc.returncode == 1
+    errors = {}
+    for line in proc.stderr.strip().splitlines():
+        _, path, reason = line.split(": ", 2)  # "cxr predict: PATH: reason"
+        errors[path.rsplit("/", 1)[-1]] = reason
+    assert set(errors) == set(BAD)
+    assert all(BAD[name] in reason for name, reason in errors.items())
+    predicted = {json.loads(line)["image"].rsplit("/", 1)[-1] for line in proc.stdout.splitlines()}
+    good = {p.name for p in corpus.iterdir() if p.name[0] == "0"}
+    assert predicted == set(ODD_BUT_VALID) | good
+    assert "Traceback" not in proc.stderr
+
+
+def _start(project, *cmd):
+    return subprocess.Popen(["python", *cmd], cwd=project, env=project_env(project),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_killed_resize_leaves_previous_cache_and_next_repro_completes(project, sig):
+    edit_params(project, lambda p: p["resize"].update(workers=1))
+    run(["dvc", "repro", "resize"], project)
+    before = (project / "data" / "cache" / "images.npy").read_bytes()
+    edit_params(project, lambda p: p["image"].update(size=160))  # a new cache must be built
+    proc = _start(project, "stages/resize.py")
+    # Kill it mid-write: once its temporary cache exists.
+    assert _wait_for(lambda: any(".cache.tmp-" in p.name for p in (project / "data").iterdir()))
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    if sig == signal.SIGINT:
+        assert "interrupted; outputs left as they were" in proc.stderr.read()
+    assert (project / "data" / "cache" / "images.npy").read_bytes() == before
+    run(["dvc", "repro", "resize"], project)
+    assert np.load(project / "data" / "cache" / "images.npy", mmap_mode="r").shape[1:] == (160, 160)
+    assert _leftovers(project / "data") == []
+
+
+def test_killed_train_leaves_no_model_and_next_repro_completes(project):
+    edit_params(project, tiny_params)
+    edit_params(project, lambda p: p["models"]["cnn"].update(epochs=30))
+    run(["dvc", "repro", "resize", "split"], project)
+    proc = _start(project, "stages/train.py", "cnn")
+    assert _wait_for(lambda: (project / "mlflow.db").exists(), timeout=120)
+    time.sleep(8)  # inside fit
+    proc.kill()
+    proc.wait(timeout=60)
+    assert not (project / "models" / "cnn" / "model.keras").exists()
+    edit_params(project, lambda p: p["models"]["cnn"].update(epochs=1))
+    run(["dvc", "repro", "train@cnn"], project)
+    assert (project / "models" / "cnn" / "model.keras").is_file()
+    assert _leftovers(project / "models" / "cnn") == []
+
+
+def test_split_and_resize_stages_are_byte_identical_when_rerun(project):
+    run(["dvc", "repro", "split", "resize"], project)
+    first = {p: (project / p).read_bytes() for p in ("data/splits.csv", "data/cache/images.npy",
+                                                      "data/cache/index.csv")}
+    run(["dvc", "repro", "--force", "split", "resize"], project)
+    for path, data in first.items():
+        assert (project / path).read_bytes() == data, path

@@ -1,0 +1,123 @@
+"""The input pipeline, the loss, determinism, saving, and distributed training on CPU."""
+import dataclasses
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT
+from cxr.params import parse_params
+from cxr.train import (WeightedBinaryCrossentropy, augmentation, balanced_class_weights, load_model,
+                       make_dataset, predict, save_model, train_model)
+
+PARAMS = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+NO_AUGMENT = dataclasses.replace(PARAMS.train.augment, rotation=0, shift=0, zoom=0, shear=0, horizontal_flip=False)
+
+
+def _batches(ds):
+    return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
+def test_feed_without_augmentation_is_the_cache(small_dataset):
+    train = small_dataset.splits["train"]
+    batches = _batches(make_dataset(small_dataset.pixels, train, 16))
+    x = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    assert x.dtype == np.float32 and x.shape == (len(train), 32, 32, 1)
+    np.testing.assert_array_equal(x[..., 0], small_dataset.pixels[train.rows])
+    np.testing.assert_array_equal(y, train.y)
+
+
+def test_shuffle_is_seeded_and_reshuffles_each_epoch(small_dataset):
+    train = small_dataset.splits["train"]
+    a = make_dataset(small_dataset.pixels, train, 8, shuffle=True, seed=3)
+    b = make_dataset(small_dataset.pixels, train, 8, shuffle=True, seed=3)
+    first_a, second_a = _batches(a), _batches(a)
+    first_b = _batches(b)
+    assert all(np.array_equal(p[0], q[0]) for p, q in zip(first_a, first_b))
+    assert not np.array_equal(first_a[0][0], second_a[0][0])
+
+
+def test_augmentation_changes_pixels_within_range_and_is_repeatable(small_dataset):
+    train = small_dataset.splits["train"]
+    aug = PARAMS.train.augment
+    assert aug.enabled and not aug.horizontal_flip
+    plain = _batches(make_dataset(small_dataset.pixels, train, 8))[0][0]
+    runs = [_batches(make_dataset(small_dataset.pixels, train, 8, augment=augmentation(aug, 5)))[0][0]
+            for _ in range(2)]
+    assert runs[0].shape == plain.shape and 0 <= runs[0].min() and runs[0].max() <= 255
+    assert np.abs(runs[0] - plain).mean() > 1.0
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert augmentation(NO_AUGMENT, 0) is None
+
+
+def test_balanced_weights_and_weighted_loss_by_hand():
+    y = np.array([[1, 0], [0, 0], [0, 0], [0, 0]], dtype="float32")
+    w_pos, w_neg = balanced_class_weights(y)
+    np.testing.assert_allclose(w_pos, [0.75, 1.0])  # 3 negatives of 4; a class without positives keeps 1
+    np.testing.assert_allclose(w_neg, [0.25, 1.0])
+    loss = WeightedBinaryCrossentropy(w_pos, w_neg)
+    p = np.array([[0.8, 0.1]] * 4, dtype="float32")
+    by_hand = np.mean([-(0.75 * np.log(0.8)) / 2 + -np.log(0.9) / 2] + [(-(0.25 * np.log(0.2)) - np.log(0.9)) / 2] * 3)
+    assert float(loss(y, p)) == pytest.approx(by_hand, rel=1e-5)
+    assert WeightedBinaryCrossentropy.from_config(loss.get_config()).positive_weights == [0.75, 1.0]
+
+
+def _tiny(epochs=2):
+    model = dataclasses.replace(PARAMS.model("cnn"), epochs=epochs)
+    train = dataclasses.replace(PARAMS.train, batch_size=32)
+    return model, train
+
+
+def test_same_params_same_val_auroc_and_same_model_bytes(small_dataset, tmp_path):
+    model_params, train_params = _tiny()
+    results = [train_model(small_dataset, model_params, train_params, 32, "cnn", verbose=0) for _ in range(2)]
+    assert results[0].best["val_auroc"] == pytest.approx(results[1].best["val_auroc"], abs=1e-6)
+    assert [r["loss"] for r in results[0].history] == [r["loss"] for r in results[1].history]
+    for i, r in enumerate(results):
+        save_model(r.model, tmp_path / f"{i}.keras")
+    digest = [hashlib.sha256((tmp_path / f"{i}.keras").read_bytes()).hexdigest() for i in range(2)]
+    assert digest[0] == digest[1]
+    loaded = load_model(tmp_path / "0.keras")
+    x = small_dataset.images("val")[:4]
+    np.testing.assert_allclose(predict(loaded, x), predict(results[0].model, x), rtol=1e-5, atol=1e-6)
+    assert results[0].epochs_run == 2 and len(results[0].history) == 2
+
+
+def test_two_phase_transfer_learning_freezes_then_unfreezes(small_dataset):
+    model_params = dataclasses.replace(PARAMS.model("mobilenet"), epochs=2, freeze_epochs=1, finetune_layers=5)
+    r = train_model(small_dataset, model_params, dataclasses.replace(PARAMS.train, batch_size=64), 32,
+                    "mobilenet", verbose=0)
+    backbone = r.model.get_layer("backbone")
+    trainable = [layer.trainable for layer in backbone.layers]
+    assert trainable[-5:] == [True] * 5 and not any(trainable[:-5])
+    assert [h["learning_rate"] for h in r.history] == pytest.approx(
+        [model_params.learning_rate, model_params.finetune_learning_rate])
+
+
+MIRRORED = """
+import dataclasses, yaml
+from cxr.train import split_cpu, train_model
+import tensorflow as tf
+strategy = tf.distribute.MirroredStrategy(split_cpu(2))
+from cxr.params import parse_params
+from cxr.data.dataset import load_dataset
+from cxr.data import FINDINGS
+p = parse_params(yaml.safe_load(open({params!r})))
+ds = load_dataset({root!r} + "/cache", {root!r} + "/labels.csv", {root!r} + "/splits.csv", FINDINGS)
+r = train_model(ds, dataclasses.replace(p.model("cnn"), epochs=1),
+                dataclasses.replace(p.train, batch_size=32, distribute="mirrored"), 32, "cnn",
+                strategy=strategy, verbose=0)
+print("replicas", strategy.num_replicas_in_sync, "val_auroc", r.best["val_auroc"])
+"""
+
+
+def test_mirrored_strategy_on_two_logical_cpus(small_data_dir):
+    """A fresh process: the CPU can only be split before TensorFlow starts."""
+    code = MIRRORED.format(params=str(ROOT / "params.yaml"), root=str(small_data_dir))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "replicas 2" in proc.stdout
