@@ -64,9 +64,10 @@ def main() -> None:
     # Grad-CAM on a seeded choice of test images, those with radiologist boxes first.
     boxes = pd.read_csv(BOXES).iloc[:, :6]  # the NIH file has empty trailing columns
     boxes.columns = ["Image Index", "Finding Label", "x", "y", "w", "h"]
-    boxed = [i for i, n in enumerate(test.names) if n in set(boxes["Image Index"])]
+    with_boxes = set(boxes["Image Index"])
+    boxed = [i for i, n in enumerate(test.names) if n in with_boxes]
     rng = np.random.default_rng(ep.seed)
-    others = [i for i in rng.permutation(len(test)) if i not in set(boxed)]
+    others = [i for i in rng.permutation(len(test)) if test.names[i] not in with_boxes]
     chosen = (boxed + others)[: ep.heatmaps]
     localization = []
     with atomic_path(f"{out}/heatmaps") as tmp:
