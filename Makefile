@@ -6,7 +6,7 @@ PYTHON ?= python3
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install browser-deps repro test pr-report bench clean
+.PHONY: install browser-deps repro test pr-report check-repro bench clean
 
 BASE ?= main
 
@@ -38,6 +38,11 @@ test: install browser-deps
 pr-report: install
 	$(BIN)/cxr pr-report --base $(BASE) --out reports/pr.md --plots-html reports/plots-diff
 	@echo "wrote reports/pr.md"
+
+# Reproduce HEAD from scratch in a temporary clone (every stage executes, ~15 min) and
+# compare its quality metrics with the committed ones; exit 1 beyond their 95% intervals.
+check-repro: install
+	$(BIN)/cxr check-repro --fresh --base HEAD
 
 # Speed and memory figures beside the usual alternatives; writes reports/bench.json.
 # Needs a finished `make repro` (it reads the cache and the exported models).

@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cxr import tracking  # noqa: E402
+from cxr import compute, tracking  # noqa: E402
 from cxr.errors import run_command  # noqa: E402
 from cxr.outputs import atomic_path, write_csv, write_json  # noqa: E402
 from cxr.params import load_variant  # noqa: E402
@@ -21,6 +21,7 @@ def main() -> None:
     ep = params.evaluate
     uri = tracking.tracking_uri()
     tracking.check_tracking_uri(uri)
+    compute.configure(params.compute)
 
     from cxr import gradcam, plots
     from cxr.data.dataset import load_dataset

@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cxr import tracking  # noqa: E402
+from cxr import compute, tracking  # noqa: E402
 from cxr.errors import run_command  # noqa: E402
 from cxr.models import check_weights  # noqa: E402
 from cxr.outputs import atomic_path, write_json  # noqa: E402
@@ -22,8 +22,10 @@ def main() -> None:
     check_weights(model_params.weights, model_params.family, f"params.yaml: models.{variant}.weights")
     uri = tracking.tracking_uri()
     tracking.check_tracking_uri(uri)
+    compute.configure(params.compute)
 
     from cxr import train
+    from cxr.evaluate import BOOTSTRAP_ROUNDS, is_collapsed, mean_auroc_interval, prediction_spread
     from cxr.data.dataset import load_dataset
     from cxr.plots import plot_history
 
@@ -47,16 +49,24 @@ def main() -> None:
         with atomic_path(history_csv) as tmp:
             tmp.write_text(train.history_rows_to_csv(result.history))
         plot_path = plot_history(result.history, f"reports/{variant}/history.png", title=f"{variant}: training")
+        val = dataset.splits["val"]
         summary = {"best_epoch": result.best["epoch"], "train_loss": result.best["loss"],
                    "train_auroc": result.best["auroc"], "val_loss": result.best["val_loss"],
-                   "val_auroc": result.best["val_auroc"], "epochs_run": result.epochs_run,
-                   "seconds": round(result.seconds, 2), "images_per_second": round(result.images_per_second, 1),
-                   "train_images": len(dataset.splits["train"]), "val_images": len(dataset.splits["val"])}
+                   "val_auroc": result.best["val_auroc"],
+                   "val_auroc_ci95": mean_auroc_interval(val.y, result.val_predictions, val.patients,
+                                                         BOOTSTRAP_ROUNDS, params.train.seed),
+                   "val_prediction_spread": prediction_spread(result.val_predictions),
+                   "collapsed": is_collapsed(result.val_predictions), "epochs_run": result.epochs_run,
+                   "train_images": len(dataset.splits["train"]), "val_images": len(val)}
         write_json(f"metrics/train/{variant}.json", summary)
-        tracking.log_trained_model(mlflow, result.model, f"{model_dir}/{train.MODEL_FILE}", summary,
+        # Timings are facts about this machine, not results: kept out of `dvc metrics`.
+        timing = {"seconds": round(result.seconds, 2), "images_per_second": round(result.images_per_second, 1)}
+        write_json(f"reports/timings/train/{variant}.json", timing)
+        tracking.log_trained_model(mlflow, result.model, f"{model_dir}/{train.MODEL_FILE}", {**summary, **timing},
                                    artifacts=[plot_path, history_csv])
+    collapsed = " COLLAPSED (near-constant predictions)" if summary["collapsed"] else ""
     print(f"train@{variant}: best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
-          f"val AUROC {summary['val_auroc']:.4f}, {summary['images_per_second']} images/s")
+          f"val AUROC {summary['val_auroc']:.4f}, {timing['images_per_second']} images/s{collapsed}")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from cxr.evaluate import (abnormal_score, bootstrap_auroc, calibration, choose_threshold, confusion,
-                          evaluate_predictions, fbeta, flat_metrics, mean_auroc, operating_point,
-                          per_class_auroc, triage_curve, weighted_auroc)
+                          evaluate_predictions, fbeta, flat_metrics, is_collapsed, mean_auroc, mean_auroc_interval,
+                          operating_point, per_class_auroc, prediction_spread, triage_curve, weighted_auroc)
 from cxr.gradcam import heat_in_box
 
 
@@ -24,17 +24,37 @@ def test_patient_bootstrap_ci_contains_the_estimate_and_is_seeded():
     y = rng.integers(0, 2, (180, 1))
     p = np.clip(y * 0.3 + rng.random((180, 1)) * 0.7, 0, 1)
     point = per_class_auroc(y, p, ["x"])["x"]
-    (low, high), = bootstrap_auroc(y, p, patients, rounds=300, seed=1)
-    assert low < point < high and high - low < 0.3
-    assert bootstrap_auroc(y, p, patients, rounds=300, seed=1) == [(low, high)]
+    [ci] = bootstrap_auroc(y, p, patients, rounds=300, seed=1)
+    assert ci["low"] < point < ci["high"] and ci["high"] - ci["low"] < 0.3
+    assert bootstrap_auroc(y, p, patients, rounds=300, seed=1) == [ci]
     assert bootstrap_auroc(np.zeros((180, 1)), p, patients, rounds=50, seed=1) == [None]
+
+
+def test_mean_auroc_interval_brackets_the_mean_over_the_classes_it_counts():
+    rng = np.random.default_rng(2)
+    patients = np.repeat(np.arange(80), 2)
+    y = rng.integers(0, 2, (160, 3))
+    y[:, 2] = 0  # no positives: not counted, as in mean_auroc
+    p = np.clip(y * 0.4 + rng.random((160, 3)) * 0.6, 0, 1)
+    ci = mean_auroc_interval(y, p, patients, rounds=300, seed=0)
+    assert ci["low"] < mean_auroc(y, p) < ci["high"]
+    assert mean_auroc_interval(np.zeros((160, 3)), p, patients, rounds=50) is None
+
+
+def test_collapsed_means_the_outputs_do_not_depend_on_the_image():
+    rng = np.random.default_rng(0)
+    constant = np.tile(rng.random(14) * 0.3, (87, 1))
+    assert prediction_spread(constant) < 1e-12 and is_collapsed(constant)
+    assert is_collapsed(constant + rng.normal(0, 1e-6, constant.shape))  # float noise is not signal
+    varied = np.clip(constant + rng.normal(0, 0.02, constant.shape), 0.01, 0.99)
+    assert not is_collapsed(varied)
 
 
 def test_bootstrap_resamples_patients_not_images():
     """A patient whose images all agree moves together: one huge patient widens the CI."""
     y = np.array([[1], [0]] * 10 + [[1]] * 40)
     p = np.array([[0.6], [0.4]] * 10 + [[0.35]] * 40)  # 40 positives scored below every negative
-    spread = lambda patients: np.subtract(*bootstrap_auroc(y, p, patients, 400, 0)[0][::-1])
+    spread = lambda patients: (lambda ci: ci["high"] - ci["low"])(bootstrap_auroc(y, p, patients, 400, 0)[0])
     one_patient_per_image = np.arange(60)
     big_patient = np.concatenate([np.arange(20), np.full(40, 99)])
     assert spread(big_patient) > spread(one_patient_per_image)

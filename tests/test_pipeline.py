@@ -1,5 +1,6 @@
 """The DVC pipeline end to end in a temporary copy of the project."""
 import json
+from pathlib import Path
 
 import pandas as pd
 
@@ -103,6 +104,81 @@ def test_dvc_metrics_and_plots_commands_work(tiny_project):
     assert any("metrics/eval/cnn.json" in str(v) for v in shown.values())
     run(["dvc", "plots", "show", "-o", "plots-html"], tiny_project)
     assert (tiny_project / "plots-html" / "index.html").is_file()
+
+
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_second_clone_restores_every_stage_from_a_remote_and_reruns_only_what_changed(tiny_project, tmp_path):
+    """The DVC way to reproduce elsewhere: outputs and run-cache in a remote, restored, not re-executed."""
+    remote, b = tmp_path / "remote", tmp_path / "b"
+    run(["dvc", "remote", "add", "--local", "-d", "storage", str(remote)], tiny_project)
+    run(["dvc", "push", "--run-cache"], tiny_project)
+
+    run(["git", "clone", "-q", str(tiny_project), str(b)], tmp_path)
+    run(["dvc", "remote", "add", "--local", "-d", "storage", str(remote)], b)
+    run(["dvc", "pull", "--run-cache"], b)
+    out = run(["dvc", "repro"], b).stdout
+    assert _stages_run(out) == [], out
+    assert _files(b / "metrics") == _files(tiny_project / "metrics")
+    assert (b / "models/cnn/model.keras").read_bytes() == (tiny_project / "models/cnn/model.keras").read_bytes()
+
+    edit_params(b, lambda p: p["evaluate"].update(threshold="youden"))
+    assert sorted(_stages_run(run(["dvc", "repro"], b).stdout)) == ["evaluate@cnn", "evaluate@mobilenet", "report"]
+
+    # Back to the committed value. DVC pushes no copy of git-tracked (cache: false) outputs, so
+    # evaluate executes again here, and gives A's bytes: same commit, same machine, same numbers.
+    edit_params(b, lambda p: p["evaluate"].update(threshold="fbeta"))
+    run(["dvc", "repro"], b)
+    assert _files(b / "metrics") == _files(tiny_project / "metrics")
+
+    # youden again: restored from the run-cache this clone kept (what CI's Actions cache keeps).
+    # Only report executes: its summary.md is git-tracked, and DVC run-caches no such stage.
+    edit_params(b, lambda p: p["evaluate"].update(threshold="youden"))
+    out = run(["dvc", "repro"], b).stdout
+    assert _stages_run(out) == ["report"], out
+    assert "Stage 'evaluate@cnn' is cached - skipping run" in out
+
+
+def test_fresh_reproduction_of_a_commit_gives_its_committed_metrics(project):
+    """`make check-repro`: clone, reproduce from an empty cache, compare. One small variant."""
+    def one_small_variant(p):
+        tiny_params(p)
+        p["models"] = {"cnn": p["models"]["cnn"]}
+        p["export"].update(tflite=["fp32"], coreml=False)
+    edit_params(project, one_small_variant)
+    run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "results"], project)
+    proc = run(["cxr", "check-repro", "--fresh"], project)
+    assert "0 quality metrics beyond their band, 0 moved within noise (against HEAD)" in proc.stdout, proc.stdout
+    clone = proc.stdout.rsplit("reproduction in ", 1)[1].strip()
+    for path in ("metrics/train/cnn.json", "metrics/eval/cnn.json", "metrics/export/cnn.json"):
+        assert (project / path).read_bytes() == (Path(clone) / path).read_bytes(), path
+
+
+def test_check_repro_judges_each_metric_against_the_committed_interval(tiny_project):
+    clean = run(["cxr", "check-repro"], tiny_project)
+    assert "0 quality metrics beyond their band" in clean.stdout
+    path = tiny_project / "metrics" / "eval" / "cnn.json"
+    committed = path.read_text()
+    try:
+        metrics = json.loads(committed)
+        ci = metrics["abnormal"]["auroc_ci95"]
+        metrics["abnormal"]["auroc"] = (ci["low"] + ci["high"]) / 2  # moved, but inside the interval
+        metrics["mean_auroc"] = metrics["mean_auroc_ci95"]["high"] + 0.01
+        path.write_text(json.dumps(metrics))
+        proc = run(["cxr", "check-repro"], tiny_project, check=False)
+        assert proc.returncode == 1
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith("cxr check-repro: metrics/eval/cnn.json: mean_auroc: ") and "95% interval" in line
+        assert "1 quality metrics beyond their band, 1 moved within noise" in proc.stdout
+        report = run(["cxr", "pr-report", "--base", "HEAD"], tiny_project).stdout
+        assert "| **changed** | `metrics/eval/cnn.json` | `mean_auroc` |" in report
+        assert "| within noise | `metrics/eval/cnn.json` | `abnormal.auroc` |" in report
+    finally:
+        path.write_text(committed)
 
 
 # Tests below change tiny_project; they run last, in this order.

@@ -27,6 +27,18 @@ def _pr_report(args: argparse.Namespace) -> None:
         print(text, end="")
 
 
+def _check_repro(args: argparse.Namespace) -> int:
+    import sys
+
+    from cxr.compare import check_reproduction, fresh_reproduction
+    where = fresh_reproduction(args.base) if args.fresh else Path(".")
+    failures, summary = check_reproduction(args.base, where)
+    for line in failures:
+        print(f"cxr check-repro: {line}", file=sys.stderr)
+    print(f"cxr check-repro: {summary}" + (f"; reproduction in {where}" if args.fresh else ""))
+    return 1 if failures else 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     import sys
 
@@ -87,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the markdown here instead of stdout")
     p.add_argument("--plots-html", help="also render `dvc plots diff` into this folder")
     p.set_defaults(func=_pr_report)
+    p = sub.add_parser("check-repro", help="compare the work tree's metrics (or, with --fresh, a reproduction "
+                                           "from scratch) with a revision's; exit 1 beyond its 95%% intervals")
+    p.add_argument("--base", default="HEAD", help="git revision whose committed metrics are the reference")
+    p.add_argument("--fresh", action="store_true",
+                   help="first clone --base into a temporary folder and run `dvc repro` there from an empty cache")
+    p.set_defaults(func=_check_repro)
     p = sub.add_parser("predict", help="findings for PNG/JPEG/DICOM files or folders")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     p.add_argument("--model", help="a variant folder (models/cnn), its model.keras, or a .tflite file; "

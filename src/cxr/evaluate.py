@@ -30,6 +30,22 @@ def mean_auroc(y: np.ndarray, p: np.ndarray, min_positives: int = 1) -> float | 
     return float(np.mean(scores)) if scores else None
 
 
+# A model is collapsed when its outputs barely depend on the image: the median
+# target's logit varies by less than this across the validation images.
+COLLAPSE_SPREAD = 1e-3
+
+
+def prediction_spread(p: np.ndarray) -> float:
+    """Median over targets of the standard deviation of the logit across images;
+    0 for a model that gives every image the same output."""
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return float(np.median(np.log(q / (1 - q)).std(axis=0)))
+
+
+def is_collapsed(p: np.ndarray) -> bool:
+    return prediction_spread(p) < COLLAPSE_SPREAD
+
+
 def binary_crossentropy(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
     """Mean unweighted binary cross-entropy over all images and classes."""
     p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
@@ -63,31 +79,57 @@ def weighted_auroc(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndar
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
-def bootstrap_auroc(y: np.ndarray, p: np.ndarray, patients: np.ndarray, rounds: int, seed: int,
-                    level: float = 0.95) -> list[tuple[float, float] | None]:
-    """Per-class AUROC confidence intervals from a patient-level bootstrap.
+BOOTSTRAP_ROUNDS = 1000  # for intervals outside the evaluate stage (validation AUROC, exports)
+
+
+def bootstrap_weights(patients: np.ndarray, rounds: int, seed: int) -> np.ndarray:
+    """``rounds x images`` sample weights of a patient-level bootstrap.
 
     Each round draws patients with replacement and keeps all of a drawn
-    patient's images (as sample weights = times drawn), so images of one
-    patient never count as independent evidence. Rounds where a class has no
-    positives or no negatives are skipped for that class; ``None`` if fewer
-    than half the rounds were usable.
+    patient's images (weight = times drawn), so images of one patient never
+    count as independent evidence.
     """
-    y, p = np.asarray(y), np.asarray(p)
     codes = np.unique(np.asarray(patients), return_inverse=True)[1]
     n_patients = int(codes.max()) + 1
     rng = np.random.default_rng(seed)
     drawn = np.stack([np.bincount(rng.integers(0, n_patients, n_patients), minlength=n_patients)
                       for _ in range(rounds)])
-    weights = drawn[:, codes].astype(np.float64)
+    return drawn[:, codes].astype(np.float64)
+
+
+def bootstrap_aurocs(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``rounds x classes`` AUROCs under each row of ``weights``; NaN where a round lacks a side."""
+    y, p = np.asarray(y), np.asarray(p)
+    return np.stack([weighted_auroc(y[:, j], p[:, j], weights) for j in range(y.shape[1])], axis=1)
+
+
+def interval(scores: np.ndarray, level: float = 0.95) -> dict[str, float] | None:
+    """Percentile interval ``{'low', 'high'}`` of bootstrap scores, NaN rounds skipped;
+    ``None`` if fewer than half the rounds were usable."""
+    scores = np.asarray(scores, dtype=np.float64)
+    usable = scores[~np.isnan(scores)]
+    if len(usable) < len(scores) / 2 or not len(usable):
+        return None
     tail = (1 - level) / 2 * 100
-    out = []
-    for j in range(y.shape[1]):
-        scores = weighted_auroc(y[:, j], p[:, j], weights)
-        scores = scores[~np.isnan(scores)]
-        out.append((float(np.percentile(scores, tail)), float(np.percentile(scores, 100 - tail)))
-                   if len(scores) >= rounds / 2 else None)
-    return out
+    return {"low": float(np.percentile(usable, tail)), "high": float(np.percentile(usable, 100 - tail))}
+
+
+def bootstrap_auroc(y: np.ndarray, p: np.ndarray, patients: np.ndarray, rounds: int, seed: int,
+                    level: float = 0.95) -> list[dict[str, float] | None]:
+    """Per-class AUROC confidence intervals from a patient-level bootstrap."""
+    scores = bootstrap_aurocs(y, p, bootstrap_weights(patients, rounds, seed))
+    return [interval(scores[:, j], level) for j in range(scores.shape[1])]
+
+
+def mean_auroc_interval(y: np.ndarray, p: np.ndarray, patients: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS,
+                        seed: int = 0, min_positives: int = 1) -> dict[str, float] | None:
+    """Interval of ``mean_auroc`` (over the classes it counts) from a patient-level bootstrap."""
+    counted = [j for j, s in enumerate(per_class_auroc(y, p, range(np.asarray(y).shape[1]),
+                                                       min_positives).values()) if s is not None]
+    if not counted:
+        return None
+    y, p = np.asarray(y)[:, counted], np.asarray(p)[:, counted]
+    return interval(bootstrap_aurocs(y, p, bootstrap_weights(patients, rounds, seed)).mean(axis=1))
 
 
 def abnormal_score(probabilities: np.ndarray) -> np.ndarray:
@@ -202,31 +244,33 @@ def evaluate_predictions(targets: Sequence[str], test_y: np.ndarray, test_p: np.
     """
     targets = list(targets)
     aurocs = per_class_auroc(test_y, test_p, targets, min_positives=1)
-    cis = bootstrap_auroc(test_y, test_p, test_patients, bootstrap, seed)
+    weights = bootstrap_weights(test_patients, bootstrap, seed)
+    rounds = bootstrap_aurocs(test_y, test_p, weights)
     per_class, counted = {}, []
     for j, name in enumerate(targets):
         positives = int(test_y[:, j].sum())
         enough = positives >= min_positives and aurocs[name] is not None
         per_class[name] = {
             "positives": positives, "auroc": aurocs[name], "pr_auc": pr_auc(test_y[:, j], test_p[:, j]),
-            "auroc_ci95": list(cis[j]) if cis[j] else None,
+            "auroc_ci95": interval(rounds[:, j]),
             "status": "ok" if enough else f"fewer than {min_positives} test positives: not in the mean",
         }
         if enough:
-            counted.append(aurocs[name])
+            counted.append(j)
 
     truth, score = test_y.max(axis=1), abnormal_score(test_p)
     val_truth, val_score = val_y.max(axis=1), abnormal_score(val_p)
     t = choose_threshold(val_truth, val_score, threshold, beta)
     abnormal_auroc = per_class_auroc(truth[:, None], score[:, None], ["abnormal"])["abnormal"]
-    abnormal_ci = bootstrap_auroc(truth[:, None], score[:, None], test_patients, bootstrap, seed)[0]
+    abnormal_ci = interval(bootstrap_aurocs(truth[:, None], score[:, None], weights)[:, 0])
     ece, reliability = calibration(truth, score)
     metrics = {
-        "mean_auroc": float(np.mean(counted)) if counted else None,
+        "mean_auroc": float(np.mean([aurocs[targets[j]] for j in counted])) if counted else None,
+        "mean_auroc_ci95": interval(rounds[:, counted].mean(axis=1)) if counted else None,
         "mean_auroc_classes": len(counted),
         "per_class": per_class,
         "abnormal": {
-            "auroc": abnormal_auroc, "auroc_ci95": list(abnormal_ci) if abnormal_ci else None,
+            "auroc": abnormal_auroc, "auroc_ci95": abnormal_ci,
             "pr_auc": pr_auc(truth, score), "prevalence": float(truth.mean()),
             "threshold_method": threshold if isinstance(threshold, str) else "fixed",
             "threshold_source": "validation split",

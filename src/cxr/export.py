@@ -126,15 +126,19 @@ class TFLiteModel:
         return float(np.median(times) * 1000)
 
 
-def parity(reference: np.ndarray, exported: np.ndarray, y: np.ndarray, targets: Sequence[str]) -> dict:
-    """How far an export's test predictions are from the Keras model's."""
-    from cxr.evaluate import per_class_auroc
+def parity(reference: np.ndarray, exported: np.ndarray, y: np.ndarray, patients: np.ndarray,
+           targets: Sequence[str], seed: int) -> dict:
+    """How far an export's test predictions are from the Keras model's, with the
+    export's per-class AUROC and its patient-level bootstrap interval."""
+    from cxr.evaluate import BOOTSTRAP_ROUNDS, bootstrap_auroc, per_class_auroc
 
     ref = per_class_auroc(y, reference, targets)
     got = per_class_auroc(y, exported, targets)
+    cis = bootstrap_auroc(y, exported, patients, BOOTSTRAP_ROUNDS, seed)
     deltas = {t: got[t] - ref[t] for t in targets if ref[t] is not None}
     return {"max_abs_diff": float(np.max(np.abs(exported - reference))),
-            "auroc": got, "auroc_delta": deltas,
+            "auroc": got, "auroc_ci95": {t: ci for t, ci in zip(targets, cis) if got[t] is not None},
+            "auroc_delta": deltas,
             "mean_auroc_delta": float(np.mean(list(deltas.values()))) if deltas else None,
             "max_abs_auroc_delta": float(np.max(np.abs(list(deltas.values())))) if deltas else None}
 

@@ -21,6 +21,9 @@ import yaml
 
 from cxr.data.metadata import FINDINGS
 
+# compute.max_cpu_isa -> oneDNN's ONEDNN_MAX_CPU_ISA; 'native' lets oneDNN pick the CPU's newest.
+CPU_ISAS = {"native": "ALL", "avx2": "AVX2", "avx": "AVX", "sse41": "SSE41"}
+
 
 class ParamsError(CxrError):
     """A params.yaml problem, already phrased as one line for the user."""
@@ -167,6 +170,12 @@ class ResizeParams:
 
 
 @dataclass(frozen=True)
+class ComputeParams:
+    threads: int = _check(_int(1))                 # TensorFlow intra-op (and TFLite) threads
+    max_cpu_isa: str = _check(_choice(*CPU_ISAS))  # newest instruction set oneDNN kernels may use
+
+
+@dataclass(frozen=True)
 class AugmentParams:
     rotation: float = _check(_float(0.0, 180.0))         # degrees, either way
     shift: float = _check(_float(0.0, 0.5))              # share of width / height
@@ -229,6 +238,7 @@ class Params:
     split: SplitParams
     image: ImageParams
     resize: ResizeParams
+    compute: ComputeParams
     train: TrainParams
     models: dict[str, ModelParams]
     evaluate: EvaluateParams

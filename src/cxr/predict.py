@@ -63,14 +63,19 @@ class Predictor:
 
 
 def best_variant(root: Path) -> str:
-    """The trained variant with the highest validation AUROC."""
-    scores = {}
+    """The trained variant with the highest validation AUROC, never a collapsed one."""
+    scores, collapsed = {}, []
     for path in sorted((root / "metrics" / "train").glob("*.json")):
-        value = json.loads(path.read_text()).get("val_auroc")
-        if value is not None and (root / "models" / path.stem / MODEL_FILE).is_file():
-            scores[path.stem] = value
+        summary = json.loads(path.read_text())
+        if summary.get("val_auroc") is None or not (root / "models" / path.stem / MODEL_FILE).is_file():
+            continue
+        if summary.get("collapsed"):
+            collapsed.append(path.stem)
+        else:
+            scores[path.stem] = summary["val_auroc"]
     if not scores:
-        raise PredictError(f"{root / 'models'}: no trained model found; run `dvc repro` or pass --model")
+        also = f" (collapsed, not used by default: {', '.join(collapsed)})" if collapsed else ""
+        raise PredictError(f"{root / 'models'}: no usable trained model{also}; run `dvc repro` or pass --model")
     return max(scores, key=scores.get)
 
 

@@ -20,17 +20,26 @@ def _auroc_cell(entry: Mapping) -> str:
     if entry.get("auroc") is None:
         return "n/a"
     ci = entry.get("auroc_ci95")
-    text = f"{entry['auroc']:.2f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
+    text = f"{entry['auroc']:.2f}" + (f" ({ci['low']:.2f}–{ci['high']:.2f})" if ci else "")
     return text if entry.get("status", "ok") == "ok" else f"*{text}*"
 
 
 def summary_markdown(evals: Mapping[str, dict], trains: Mapping[str, dict], exports: Mapping[str, dict],
                      data: Mapping[str, object]) -> str:
-    """The report as markdown. ``evals``/``trains``/``exports`` map variant -> that stage's metrics JSON."""
+    """The report as markdown. ``evals``/``trains``/``exports`` map variant -> that stage's metrics JSON.
+
+    Results only: timings depend on the machine, so they stay in ``reports/timings/``
+    and the report is the same wherever the same results are restored or reproduced.
+    """
     variants = list(evals)
     lines = ["# cxr-pipeline: results across model variants", "",
              f"Data: {data['source']} — {data['images']} images, {data['patients']} patients; "
              f"split {data['split']} (test: {data['test_images']} images). Image size {data['size']} px.", ""]
+    collapsed = [v for v in variants if trains.get(v, {}).get("collapsed")]
+    if collapsed:
+        lines += [f"**Collapsed: {', '.join(collapsed)}. Near-constant predictions on the validation split "
+                  "(the model ignores the image); its AUROCs are ties, not skill. `cxr predict` and `cxr serve` "
+                  "never choose it by default.**", ""]
 
     lines += ["## Abnormal vs normal (triage view, test split)", "",
               "| variant | AUROC (95% CI) | threshold (from val) | sensitivity | specificity | F-beta | ECE | "
@@ -40,7 +49,8 @@ def summary_markdown(evals: Mapping[str, dict], trains: Mapping[str, dict], expo
         a = evals[v]["abnormal"]
         op = a["at_threshold"]
         t = trains.get(v, {})
-        lines.append(f"| {v} | {_auroc_cell(a)} | {op['threshold']:.3f} ({a['threshold_method']}) | "
+        name = f"**{v} (collapsed)**" if v in collapsed else v
+        lines.append(f"| {name} | {_auroc_cell(a)} | {op['threshold']:.3f} ({a['threshold_method']}) | "
                      f"{_num(op['sensitivity'])} | {_num(op['specificity'])} | {_num(op['fbeta'])} "
                      f"(β={op['beta']:g}) | {_num(a['ece'])} | {_num(t.get('val_auroc'))} | "
                      f"{t.get('epochs_run', 'n/a')} |")
@@ -64,16 +74,17 @@ def summary_markdown(evals: Mapping[str, dict], trains: Mapping[str, dict], expo
     lines += [f"| **mean** | | {means} |", ""]
 
     if exports:
-        lines += ["## Exported models (size, CPU latency, agreement with Keras on the test split)", "",
-                  "| variant | format | size MB | ms / image | max abs diff | mean AUROC Δ vs Keras |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["## Exported models (size, agreement with Keras on the test split)", "",
+                  "CPU latency per image: `reports/timings/export/<variant>.json` (this machine) and `make bench`.", "",
+                  "| variant | format | size MB | max abs diff | mean AUROC Δ vs Keras |",
+                  "|---|---|---|---|---|"]
         for v, e in exports.items():
             for fmt, m in e.get("tflite", {}).items():
-                lines.append(f"| {v} | TFLite {fmt} | {_num(m['size_mb'], 2)} | {_num(m['ms_per_image'], 2)} | "
+                lines.append(f"| {v} | TFLite {fmt} | {_num(m['size_mb'], 2)} | "
                              f"{_num(m['max_abs_diff'], 4)} | {_num(m['mean_auroc_delta'], 4)} |")
             if "coreml" in e:
-                lines.append(f"| {v} | Core ML | {_num(e['coreml']['size_mb'], 2)} | macOS only | "
-                             "spec checked | |")
+                lines.append(f"| {v} | Core ML | {_num(e['coreml']['size_mb'], 2)} | spec checked (predicts on "
+                             "macOS only) | |")
         lines.append("")
 
     lines += ["## Published references (full dataset — NOT measured here)", "",
