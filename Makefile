@@ -39,7 +39,7 @@ pr-report: install
 	$(BIN)/cxr pr-report --base $(BASE) --out reports/pr.md --plots-html reports/plots-diff
 	@echo "wrote reports/pr.md"
 
-# Reproduce HEAD from scratch in a temporary clone (every stage executes, ~15 min) and
+# Reproduce HEAD from scratch in a temporary clone (every stage executes, 13 min here) and
 # compare its quality metrics with the committed ones; exit 1 beyond their 95% intervals.
 check-repro: install
 	$(BIN)/cxr check-repro --fresh --base HEAD

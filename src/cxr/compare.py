@@ -4,7 +4,8 @@ A changed quality metric is judged against the base's own 95% patient-level
 bootstrap interval for it (``<name>_ci95`` next to the figure in the base's
 metrics file): inside it, the change is *within noise*; outside, *changed*.
 Figures without an interval (thresholds, losses, epochs, sizes) are listed
-but not judged; a flipped flag (``collapsed``) always counts as changed.
+but not judged, as are figures only one side has; a flipped flag
+(``collapsed``) always counts as changed.
 """
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ class MetricChange:
 
     @property
     def verdict(self) -> str:
+        if self.old is None or self.new is None:  # a figure only one side has
+            return NOT_JUDGED
         if isinstance(self.old, bool) or isinstance(self.new, bool):
             return CHANGED
         if self.band is None or not _is_number(self.new):
