@@ -1,6 +1,7 @@
 """The input pipeline, the loss, determinism, saving, and distributed training on CPU."""
 import dataclasses
 import hashlib
+import os
 import subprocess
 import sys
 
@@ -85,6 +86,26 @@ def test_same_params_same_val_auroc_and_same_model_bytes(small_dataset, tmp_path
     x = small_dataset.images("val")[:4]
     np.testing.assert_allclose(predict(loaded, x), predict(results[0].model, x), rtol=1e-5, atol=1e-6)
     assert results[0].epochs_run == 2 and len(results[0].history) == 2
+
+
+SAVE_IN_A_NEW_PROCESS = """
+import sys
+from cxr.models import build_model
+from cxr.train import save_model, set_determinism
+set_determinism(0)
+save_model(build_model("mobilenet", 32, 14, 0.2), sys.argv[1])
+"""
+
+
+def test_the_same_model_saved_by_two_processes_has_the_same_bytes(tmp_path):
+    """Keras writes memory addresses (shared_object_id) into config.json; save_model renumbers them."""
+    paths = [tmp_path / f"{i}.keras" for i in range(2)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", SAVE_IN_A_NEW_PROCESS, str(path)], check=True, capture_output=True,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    x = np.full((2, 32, 32, 1), 128, np.float32)
+    np.testing.assert_array_equal(predict(load_model(paths[0]), x), predict(load_model(paths[1]), x))
 
 
 def test_two_phase_transfer_learning_freezes_then_unfreezes(small_dataset):

@@ -299,12 +299,28 @@ def train_model(dataset: Dataset, model_params: ModelParams, train_params: Train
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
+def _renumber_shared_objects(config):
+    """Keras names objects shared between layers (the dtype policy) by their Python ``id()``,
+    a memory address that differs in every process; number them in order of appearance."""
+    ids: dict[int, int] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: ids.setdefault(v, len(ids) + 1) if k == "shared_object_id" else walk(v)
+                    for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+    return walk(config)
+
+
 def save_model(model: keras.Model, path: str | os.PathLike) -> None:
     """Save a ``.keras`` file whose bytes depend only on the model.
 
-    Keras stamps the save date into ``metadata.json`` and the zip entries;
-    both are fixed here, so retraining to identical weights produces an
-    identical file and DVC does not rerun everything downstream. Saved
+    Keras stamps the save date into ``metadata.json`` and the zip entries, and
+    memory addresses into ``config.json``; all are fixed here, so retraining to
+    identical weights (in any process) produces an identical file and DVC does
+    not rerun everything downstream. Saved
     without its loss/optimizer: the file is for inference and export.
     """
     inference = keras.Model(model.inputs, model.outputs, name=model.name)
@@ -318,6 +334,8 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> None:
                     meta = json.loads(data)
                     meta["date_saved"] = "1980-01-01@00:00:00"
                     data = json.dumps(meta, sort_keys=True).encode()
+                elif info.filename == "config.json":
+                    data = json.dumps(_renumber_shared_objects(json.loads(data)), sort_keys=True).encode()
                 entry = zipfile.ZipInfo(info.filename, date_time=_FIXED_ZIP_TIME)
                 entry.compress_type = zipfile.ZIP_DEFLATED
                 dst.writestr(entry, data)
