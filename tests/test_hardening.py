@@ -96,6 +96,18 @@ def _start_held(project, target, n, gate_dir, *cmd):
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
+@pytest.fixture
+def held_stages():
+    """Stages started held; any still alive when the test ends (a failure) is killed, never left
+    blocked on its gate."""
+    started = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _wait_until_held(proc, gate_dir, timeout=300.0):
     """Poll for the state (the stage reached its gate), never for a time."""
     deadline = time.monotonic() + timeout
@@ -110,13 +122,14 @@ def _leftovers(folder):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_killed_resize_leaves_previous_cache_and_next_repro_completes(project, tmp_path, sig):
+def test_killed_resize_leaves_previous_cache_and_next_repro_completes(project, tmp_path, held_stages, sig):
     edit_params(project, lambda p: p["resize"].update(workers=1))  # in-process, so the gate holds it
     run(["dvc", "repro", "resize"], project)
     before = (project / "data" / "cache" / "images.npy").read_bytes()
     edit_params(project, lambda p: p["image"].update(size=160))  # a new cache must be built
     # Held while decoding image 200 of 557: the new cache is half written.
     proc = _start_held(project, "cxr.data.cache:load_and_resize", 200, tmp_path / "gate", "stages/resize.py")
+    held_stages.append(proc)
     _wait_until_held(proc, tmp_path / "gate")
     assert any(".cache.tmp-" in p.name for p in (project / "data").iterdir())
     proc.send_signal(sig)
@@ -130,12 +143,13 @@ def test_killed_resize_leaves_previous_cache_and_next_repro_completes(project, t
     assert _leftovers(project / "data") == []
 
 
-def test_killed_train_leaves_no_model_and_next_repro_completes(project, tmp_path):
+def test_killed_train_leaves_no_model_and_next_repro_completes(project, tmp_path, held_stages):
     edit_params(project, tiny_params)
     edit_params(project, lambda p: p["models"]["cnn"].update(epochs=30))
     run(["dvc", "repro", "resize", "split"], project)
     # Held inside fit: at the end of epoch 1, when its metrics go to MLflow.
     proc = _start_held(project, "mlflow:log_metrics", 1, tmp_path / "gate", "stages/train.py", "cnn")
+    held_stages.append(proc)
     _wait_until_held(proc, tmp_path / "gate")
     proc.kill()
     proc.wait(timeout=60)
