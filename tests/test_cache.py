@@ -39,7 +39,7 @@ def test_bad_images_are_excluded_with_reasons(images, tmp_path):
     (images / "text.png").write_text("hello")
     report = build_cache(sorted(images.iterdir()), 32, 2, tmp_path / "cache", max_bad_fraction=0.1, progress=False)
     assert report["excluded"] == 2
-    assert report["excluded_images"] == {"text.png": "not an image (unrecognized format)",
+    assert report["excluded_images"] == {"text.png": "not a PNG, JPEG or DICOM file",
                                          "zero.png": "empty file (0 bytes)"}
     _, index = load_cache(tmp_path / "cache")
     assert len(index) == 24 and "zero.png" not in set(index["Image Index"])

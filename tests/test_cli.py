@@ -19,4 +19,4 @@ def test_params_command(tmp_path):
     err = subprocess.run([sys.executable, "-m", "cxr.cli", "params", str(bad)], capture_output=True, text=True)
     assert ok.returncode == 0 and '"size": 128' in ok.stdout
     assert err.returncode == 1
-    assert err.stderr.strip().endswith("resize.workers: expected an integer >= 1, got 'zero'")
+    assert err.stderr.strip().endswith("resize.workers: expected 'auto' or an integer in [1, 256], got 'zero'")

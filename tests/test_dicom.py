@@ -4,10 +4,9 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cxr.data.images import ImageReadError, read_image
+from hostile import xray_dicom
 
 
 def xray_as_dicom(png, path, monochrome1: bool, slope: float = 2.0, intercept: float = -100.0):
@@ -16,19 +15,9 @@ def xray_as_dicom(png, path, monochrome1: bool, slope: float = 2.0, intercept: f
     stored = pixels * 16  # 12-bit detector range
     if monochrome1:
         stored = stored.max() - stored  # high values dark
-    raw = np.round((stored - intercept) / slope).astype(np.uint16)
-    ds = pydicom.Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = raw.shape
-    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 16, 15, 0
-    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    ds.PixelData = raw.tobytes()
+    raw = np.round((stored - intercept) / slope)
+    ds = xray_dicom(raw, PhotometricInterpretation="MONOCHROME1" if monochrome1 else "MONOCHROME2",
+                    RescaleSlope=slope, RescaleIntercept=intercept)
     ds.save_as(path, enforce_file_format=True)
     return pixels
 

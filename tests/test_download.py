@@ -1,13 +1,15 @@
 """Sources: bundled sample, and the Kaggle path against a local stand-in of the API."""
 import gzip
 import shutil
+import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import BUNDLED, FULL_METADATA
+from conftest import BUNDLED, FULL_METADATA, edit_params, project_env, run
 from cxr.data import read_metadata
 from cxr.data.download import DownloadError, fetch_bundled, fetch_kaggle, kaggle_credentials_found
 
@@ -85,7 +87,7 @@ def test_kaggle_download_through_the_api(tmp_path, kaggle_sample_archive):
 
 def test_interrupted_archive_is_a_clear_error_and_not_kept(tmp_path, kaggle_sample_archive):
     raw = tmp_path / "raw"
-    with pytest.raises(DownloadError, match="not a complete zip archive"):
+    with pytest.raises(DownloadError, match="corrupt or incomplete zip archive"):
         fetch_kaggle("nih-chest-xrays/sample", raw, api=LocalKaggleApi(kaggle_sample_archive, truncate=True),
                      credentials=True)
     assert not (raw / ".download" / "sample.zip").exists()
@@ -118,3 +120,85 @@ def test_real_client_is_what_the_default_uses():
     api = default_kaggle_api()
     assert isinstance(api, KaggleApi)
     assert callable(api.dataset_download_files) and callable(api.authenticate)
+
+
+class KaggleStandIn:
+    """kaggle.com for the real client, served on 127.0.0.1 as an HTTP proxy.
+
+    With ``KAGGLE_API_ENVIRONMENT=LOCALHOST`` the real ``KaggleApi`` calls
+    http://localhost/api/v1/...; ``HTTP_PROXY`` sends those requests here, so
+    the client's own code downloads and writes the archive (and its resume
+    marker), exactly as it does from kaggle.com.
+    """
+
+    def __init__(self):
+        import http.server
+        import threading
+        stand_in = self
+        self.archive, self.requests = b"", []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _send(self):
+                stand_in.requests.append(self.path)
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/zip")
+                self.send_header("Content-Length", str(len(stand_in.archive)))
+                self.send_header("Last-Modified", "Mon, 02 Nov 2026 10:00:00 GMT")
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", f'"{zlib.crc32(stand_in.archive)}"')
+                self.end_headers()
+                self.wfile.write(stand_in.archive)
+
+            do_GET = do_POST = _send
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def env(self, config_dir: Path) -> dict:
+        return {"KAGGLE_API_ENVIRONMENT": "LOCALHOST", "HTTP_PROXY": f"http://127.0.0.1:{self.server.server_port}",
+                "NO_PROXY": "", "no_proxy": "", "KAGGLE_USERNAME": "cxr-test", "KAGGLE_KEY": "0" * 32,
+                "KAGGLE_CONFIG_DIR": str(config_dir)}
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _flip_a_byte_inside(archive: bytes, member: str) -> bytes:
+    """The archive with one byte of ``member``'s stored data changed: complete, but its CRC fails."""
+    import io
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        info = zf.getinfo(member)
+    assert info.compress_type == zipfile.ZIP_STORED
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data = bytearray(archive)
+    data[start + info.compress_size // 2] ^= 0xFF
+    return bytes(data)
+
+
+def test_complete_archive_with_a_bad_crc_is_deleted_so_the_rerun_downloads_again(project, kaggle_sample_archive):
+    edit_params(project, lambda p: p["data"].update(source="kaggle-sample"))
+    good = kaggle_sample_archive.read_bytes()
+    member = sorted(n for n in zipfile.ZipFile(kaggle_sample_archive).namelist() if n.endswith(".png"))[10]
+    stand_in = KaggleStandIn()
+    env = {**project_env(project), **stand_in.env(project / "kaggle-config")}
+    try:
+        stand_in.archive = _flip_a_byte_inside(good, member)
+        proc = run([sys.executable, "stages/download.py"], project, check=False, env=env)
+        assert stand_in.requests == ["http://localhost/api/v1/datasets.DatasetApiService/DownloadDataset"]
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"download: data/raw/.download/sample.zip: corrupt or incomplete zip archive "
+            f"(Bad CRC-32 for file '{member}'); deleted, run again to re-download")
+        assert not list((project / "data/raw/.download").iterdir())   # neither archive nor the client's marker
+        assert member.split("/")[-1] not in {p.name for p in (project / "data/raw/images").iterdir()}
+        stand_in.archive = good
+        proc = run([sys.executable, "stages/download.py"], project, env=env)
+        assert "download: 30 images from nih-chest-xrays/sample (20 fetched, 10 already present" in proc.stdout
+        assert len(stand_in.requests) == 2
+    finally:
+        stand_in.close()

@@ -1,10 +1,13 @@
 """Exports equal the Keras model; `cxr predict` on PNG, JPEG, DICOM and folders."""
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import hostile
 from conftest import BUNDLED, run
 from test_dicom import xray_as_dicom
 
@@ -145,14 +148,35 @@ def test_predict_bad_inputs_are_one_line_each_and_others_still_predicted(tiny_pr
     good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "notes.png").write_text("not an image")
-    proc = _predict(tiny_project, str(tmp_path / "empty.png"), good, str(tmp_path / "notes.png"),
-                    str(tmp_path / "missing.png"), "--json")
+    (tmp_path / "slope.dcm").write_bytes(hostile.dicom_text_slope(np.full((64, 64), 900)))
+    (tmp_path / "figure.jpg").write_bytes(hostile.EPS)   # tried Ghostscript before
+    proc = _predict(tiny_project, str(tmp_path / "empty.png"), str(tmp_path / "slope.dcm"), good,
+                    str(tmp_path / "notes.png"), str(tmp_path / "missing.png"), str(tmp_path / "figure.jpg"), "--json")
     assert proc.returncode == 1
-    assert len(proc.stdout.splitlines()) == 1
+    assert [json.loads(line)["image"] for line in proc.stdout.splitlines()] == [good]
     errors = proc.stderr.strip().splitlines()
     assert errors == [f"cxr predict: {tmp_path / 'empty.png'}: empty file (0 bytes)",
-                      f"cxr predict: {tmp_path / 'notes.png'}: not an image (unrecognized format)",
-                      f"cxr predict: {tmp_path / 'missing.png'}: cannot read file (No such file or directory)"]
+                      f"cxr predict: {tmp_path / 'slope.dcm'}: DICOM RescaleSlope is 'one point five', "
+                      "expected a finite number",
+                      f"cxr predict: {tmp_path / 'notes.png'}: not a PNG, JPEG or DICOM file",
+                      f"cxr predict: {tmp_path / 'missing.png'}: cannot read file (No such file or directory)",
+                      f"cxr predict: {tmp_path / 'figure.jpg'}: not a PNG, JPEG or DICOM file"]
+
+
+@pytest.mark.parametrize("model_file,expected", [
+    ("model.keras", r"model\.keras: not a complete \.keras file \(.*\); restore it with `dvc checkout`"),
+    ("export/model_fp32.tflite", r"model_fp32\.tflite: not a loadable TFLite model"),
+])
+def test_truncated_model_file_is_one_line(tiny_project, tmp_path, model_file, expected):
+    copy = tmp_path / "cnn"
+    shutil.copytree(tiny_project / "models" / "cnn", copy)
+    data = (copy / model_file).read_bytes()
+    (copy / model_file).write_bytes(data[: len(data) // 2])
+    good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
+    proc = _predict(tiny_project, good, "--model", str(copy / model_file))
+    assert proc.returncode == 1 and proc.stdout == ""
+    [line] = proc.stderr.strip().splitlines()
+    assert re.match(r"cxr predict: .*" + expected, line), line
 
 
 def test_predict_table_and_heatmap(tiny_project, tmp_path):

@@ -27,7 +27,7 @@ def _error(edit) -> str:
 
 def test_wrong_type():
     assert _error(lambda r: r["image"].update(size="big")) == \
-        "params.yaml: image.size: expected an integer >= 32, got 'big'"
+        "params.yaml: image.size: expected an integer in [32, 1024], got 'big'"
 
 
 def test_unknown_key_suggests_the_close_one():
@@ -41,7 +41,7 @@ def test_unknown_section_and_missing_section():
 
 
 def test_missing_key_and_bad_choice():
-    assert _error(lambda r: r["split"].pop("seed")) == "params.yaml: split.seed: missing, expected an integer >= 0"
+    assert _error(lambda r: r["split"].pop("seed")) == "params.yaml: split.seed: missing, expected an integer in [0, 4294967295]"
     assert "data.source: expected one of 'sample', 'kaggle-sample', 'kaggle-full', got 'kagle'" in \
         _error(lambda r: r["data"].update(source="kagle"))
 
@@ -57,3 +57,70 @@ def test_bad_yaml_file(tmp_path):
     path.write_text("data:\n  source: [unclosed\n")
     with pytest.raises(ParamsError, match=r"params.yaml: not valid YAML at line"):
         load_params(path)
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("resize", "max_bad_fraction", float("nan")), ("split", "test_size", float("nan")),
+    ("evaluate", "beta", float("inf")), ("resize", "max_bad_fraction", float("-inf")),
+])
+def test_nan_and_infinity_fail_every_range(section, key, value):
+    assert f"{section}.{key}: expected a number in" in _error(lambda r: r[section].update({key: value}))
+
+
+@pytest.mark.parametrize("section,key,value,expected", [
+    ("image", "size", 200000, "an integer in [32, 1024]"),
+    ("train", "batch_size", 10**9, "an integer in [1, 4096]"),
+    ("evaluate", "bootstrap", 10**9, "an integer in [10, 100000]"),
+    ("compute", "threads", 100000, "an integer in [1, 256]"),
+])
+def test_upper_bounds(section, key, value, expected):
+    assert _error(lambda r: r[section].update({key: value})) == \
+        f"params.yaml: {section}.{key}: expected {expected}, got {value}"
+
+
+def _written(tmp_path, text: str) -> str:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as e:
+        load_params(path)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_nan_written_in_yaml_is_refused(tmp_path):
+    text = (ROOT / "params.yaml").read_text().replace("max_bad_fraction:", "max_bad_fraction: .nan #", 1)
+    assert "resize.max_bad_fraction: expected a number in [0.0, 1.0], got nan" in _written(tmp_path, text)
+
+
+def test_duplicate_key_is_refused_with_both_lines(tmp_path):
+    text = (ROOT / "params.yaml").read_text() + "\ndata:\n  source: kaggle-full\n"
+    first = 1 + (ROOT / "params.yaml").read_text().splitlines().index("data:")
+    message = _written(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'params.yaml'}: not valid YAML at line ")
+    assert f"key 'data' appears twice (first at line {first})" in message
+
+
+def test_alias_bomb_is_refused_with_a_short_message(tmp_path):
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    text = (ROOT / "params.yaml").read_text() + "\n".join(lines) + "\n"
+    assert len("\n".join(lines)) < 4096
+    message = _written(tmp_path, text)
+    assert message.endswith("expands to more than 10000 values (YAML alias bomb?)") and len(message) < 200
+
+
+def test_a_huge_wrong_value_is_shown_shortened():
+    message = _error(lambda r: r["labels"].update(views=[["PA"] * 1000] * 1000))
+    assert message.startswith("params.yaml: labels.views: expected a non-empty list") and len(message) < 300
+
+
+def test_anchors_and_merge_keys_still_work(tmp_path):
+    raw = copy.deepcopy(RAW)
+    models = raw.pop("models")
+    first = next(iter(models))
+    block = yaml.safe_dump({"models": models}, sort_keys=False).replace(f"  {first}:\n", f"  {first}: &base\n", 1)
+    text = yaml.safe_dump(raw, sort_keys=False) + block + "  copy:\n    <<: *base\n    epochs: 2\n"
+    (tmp_path / "params.yaml").write_text(text)
+    p = load_params(tmp_path / "params.yaml")
+    assert p.model("copy").epochs == 2
+    assert p.model("copy").family == p.model(first).family

@@ -34,7 +34,7 @@ def test_bad_param_stops_stage_with_one_line(project):
     (project / "params.yaml").write_text(text)
     proc = run(["python", "stages/resize.py"], project, check=False)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "resize: params.yaml: image.size: expected an integer >= 32, got 'big'"
+    assert proc.stderr.strip() == "resize: params.yaml: image.size: expected an integer in [32, 1024], got 'big'"
 
 
 def test_unreachable_tracking_server_fails_before_training(project):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.errors import CxrError
+from cxr.errors import CxrError, first_line
 from cxr.outputs import atomic_path
 
 TFLITE_FORMATS = ("fp32", "fp16", "int8")
@@ -82,7 +82,7 @@ class TFLiteModel:
         try:
             self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads or os.cpu_count())
         except (ValueError, RuntimeError) as e:
-            raise ExportError(f"{self.path}: not a loadable TFLite model ({e})") from None
+            raise ExportError(f"{self.path}: not a loadable TFLite model ({first_line(e)})") from None
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.size = int(self.input["shape"][1])

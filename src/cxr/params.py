@@ -2,7 +2,7 @@
 
 Every key is required and has no default here: params.yaml is the single
 knob surface, so a change to this parser can never silently change a value.
-Errors are one line: ``params.yaml: train.epochs: expected an integer >= 1,
+Errors are one line: ``params.yaml: train.epochs: expected an integer in [1, 1000],
 got 'ten'``.
 """
 from __future__ import annotations
@@ -11,7 +11,9 @@ from cxr.errors import CxrError
 
 import dataclasses
 import difflib
+import math
 import os
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +46,10 @@ def _choice(*options: str) -> Callable[[Any], str]:
     return check
 
 
-def _int(lo: int | None = None) -> Callable[[Any], int]:
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
     def check(v):
-        if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
-            raise _Invalid("an integer" + (f" >= {lo}" if lo is not None else ""))
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise _Invalid(f"an integer in [{lo}, {hi}]")
         return v
     return check
 
@@ -56,7 +58,8 @@ def _float(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
     lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
 
     def check(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        # NaN fails no comparison, so finiteness is checked first.
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise _Invalid(f"a number in {lb}{lo}, {hi}{rb}")
         v = float(v)
         if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
@@ -65,10 +68,19 @@ def _float(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
     return check
 
 
+# Upper bounds: far past any sensible run, low enough that a typo fails here, not hours later.
+_SEED = _int(0, 2**32 - 1)
+_COUNT = _int(1, 100_000)
+_EPOCHS = 1_000
+
+
 def _workers(v):
     if v == "auto":
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return _int(1)(v)
+    try:
+        return _int(1, 256)(v)
+    except _Invalid as e:
+        raise _Invalid(f"'auto' or {e.expected}") from None
 
 
 def _views(v):
@@ -97,7 +109,7 @@ def _weights(v):
 
 
 def _finetune_layers(v):
-    return v if v == "all" else _int(1)(v)
+    return v if v == "all" else _int(1, 10_000)(v)
 
 
 def _family(v):
@@ -155,12 +167,12 @@ class SplitParams:
     method: str = _check(_choice("patient", "official"))
     test_size: float = _check(_float(0.0, 1.0, lo_open=True, hi_open=True))
     val_size: float = _check(_float(0.0, 1.0, lo_open=True, hi_open=True))
-    seed: int = _check(_int(0))
+    seed: int = _check(_SEED)
 
 
 @dataclass(frozen=True)
 class ImageParams:
-    size: int = _check(_int(32))
+    size: int = _check(_int(32, 1024))                  # pixels; NIH images are 1024 px
 
 
 @dataclass(frozen=True)
@@ -171,7 +183,7 @@ class ResizeParams:
 
 @dataclass(frozen=True)
 class ComputeParams:
-    threads: int = _check(_int(1))                 # TensorFlow intra-op (and TFLite) threads
+    threads: int = _check(_int(1, 256))               # TensorFlow intra-op (and TFLite) threads
     max_cpu_isa: str = _check(_choice(*CPU_ISAS))  # newest instruction set oneDNN kernels may use
 
 
@@ -190,12 +202,12 @@ class AugmentParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    seed: int = _check(_int(0))
-    batch_size: int = _check(_int(1))
+    seed: int = _check(_SEED)
+    batch_size: int = _check(_int(1, 4096))
     optimizer: str = _check(_choice("adam", "rmsprop", "sgd"))
     class_weighting: str = _check(_choice("none", "balanced"))
-    early_stopping_patience: int = _check(_int(1))
-    reduce_lr_patience: int = _check(_int(1))
+    early_stopping_patience: int = _check(_int(1, _EPOCHS))
+    reduce_lr_patience: int = _check(_int(1, _EPOCHS))
     distribute: str = _check(_choice("none", "mirrored"))
     augment: AugmentParams = _nested(AugmentParams)
 
@@ -204,31 +216,31 @@ class TrainParams:
 class ModelParams:
     family: str = _check(_family)
     weights: str | None = _check(_weights)
-    epochs: int = _check(_int(1))
+    epochs: int = _check(_int(1, _EPOCHS))
     learning_rate: float = _check(_float(0.0, 1.0, lo_open=True))
     dropout: float = _check(_float(0.0, 1.0, hi_open=True))
-    freeze_epochs: int = _check(_int(0))                 # epochs with the backbone frozen
+    freeze_epochs: int = _check(_int(0, _EPOCHS))                 # epochs with the backbone frozen
     finetune_layers: int | str = _check(_finetune_layers)  # backbone layers unfrozen after: 'all' or a count
     finetune_learning_rate: float = _check(_float(0.0, 1.0, lo_open=True))
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    bootstrap: int = _check(_int(10))           # patient-level bootstrap rounds for the 95% CIs
-    seed: int = _check(_int(0))
-    min_positives: int = _check(_int(1))        # test positives a class needs to count in the mean AUROC
+    bootstrap: int = _check(_int(10, 100_000))           # patient-level bootstrap rounds for the 95% CIs
+    seed: int = _check(_SEED)
+    min_positives: int = _check(_COUNT)        # test positives a class needs to count in the mean AUROC
     threshold: str | float = _check(_threshold)  # chosen on validation: youden | fbeta | a fixed number
     beta: float = _check(_float(0.0, 100.0, lo_open=True))  # F-beta's beta: > 1 weighs recall more
-    heatmaps: int = _check(_int(0))             # Grad-CAM overlays per variant
+    heatmaps: int = _check(_int(0, 1_000))             # Grad-CAM overlays per variant
 
 
 @dataclass(frozen=True)
 class ExportParams:
     tflite: tuple = _check(_tflite_formats)         # TFLite formats to write
     coreml: bool = _check(_bool)                    # also write a Core ML .mlpackage
-    representative_images: int = _check(_int(1))    # int8 calibration images, drawn from train
-    seed: int = _check(_int(0))
-    latency_images: int = _check(_int(1))           # images timed one by one for ms/image
+    representative_images: int = _check(_COUNT)    # int8 calibration images, drawn from train
+    seed: int = _check(_SEED)
+    latency_images: int = _check(_COUNT)           # images timed one by one for ms/image
 
 
 @dataclass(frozen=True)
@@ -260,6 +272,53 @@ def _expected(check) -> str:
     raise AssertionError("a check accepted an arbitrary object")
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 40, 40
+MAX_VALUES = 10_000   # scalars + containers in the whole file, counted as expanded
+
+
+def _show(value: Any) -> str:
+    """A value as it goes in an error line: bounded, however large (or aliased) it is."""
+    return _SHORT.repr(value)
+
+
+def _check_size(raw: Any, file: str) -> None:
+    """Refuse a document whose aliases expand it past ``MAX_VALUES`` (a 'billion laughs'),
+    before anything walks or prints it."""
+    count, stack = 0, [raw]
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ParamsError(f"{file}: expands to more than {MAX_VALUES} values (YAML alias bomb?)")
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key written twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` entries are meant to be overridden
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.setdefault(key, line)
+                except TypeError:
+                    continue  # unhashable key: SafeLoader reports it
+                if first != line:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {_show(key)} appears twice (first at line {first})", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def _did_you_mean(key: str, options) -> str:
     close = difflib.get_close_matches(key, list(options), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -267,7 +326,7 @@ def _did_you_mean(key: str, options) -> str:
 
 def _parse_section(cls, raw: Any, where: str, file: str):
     if not isinstance(raw, dict):
-        raise ParamsError(f"{file}: {where}: expected a mapping of keys, got {raw!r}")
+        raise ParamsError(f"{file}: {where}: expected a mapping of keys, got {_show(raw)}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in known:
@@ -285,7 +344,7 @@ def _parse_section(cls, raw: Any, where: str, file: str):
         try:
             values[name] = check(raw[name])
         except _Invalid as e:
-            raise ParamsError(f"{file}: {where}.{name}: expected {e.expected}, got {raw[name]!r}") from None
+            raise ParamsError(f"{file}: {where}.{name}: expected {e.expected}, got {_show(raw[name])}") from None
     return cls(**values)
 
 
@@ -310,7 +369,7 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
 
 def _parse_models(raw: Any, file: str) -> dict[str, ModelParams]:
     if not isinstance(raw, dict) or not raw:
-        raise ParamsError(f"{file}: models: expected a mapping of variant names to model settings, got {raw!r}")
+        raise ParamsError(f"{file}: models: expected a mapping of variant names to model settings, got {_show(raw)}")
     models = {}
     for variant, section in raw.items():
         if not isinstance(variant, str) or not variant.replace("_", "").isalnum():
@@ -327,13 +386,14 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     """Read and validate params.yaml; raises ParamsError with a one-line message."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_StrictLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found (run from the project root)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ParamsError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    _check_size(raw, str(path))
     return parse_params(raw, str(path))
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from cxr.data.metadata import normalize_metadata, read_metadata
-from cxr.errors import CxrError
+from cxr.errors import CxrError, first_line
 from cxr.outputs import atomic_path, write_csv
 
 KAGGLE_DATASETS = {"kaggle-sample": "nih-chest-xrays/sample", "kaggle-full": "nih-chest-xrays/data"}
@@ -101,27 +102,39 @@ def _archive_metadata(zf: zipfile.ZipFile, archive: Path) -> pd.DataFrame:
     raise DownloadError(f"{archive}: no metadata file ({', '.join(_ARCHIVE_METADATA)}) in the archive")
 
 
+def _discard_archive(archive: Path) -> None:
+    """Delete an archive that cannot be used, and the Kaggle client's resume marker beside it,
+    so the next run downloads it again instead of failing the same way."""
+    for path in (archive, archive.with_name(archive.name + ".kaggle-partial")):
+        path.unlink(missing_ok=True)
+
+
 def extract_images(archive: Path, raw_dir: Path) -> dict:
-    """Unpack the archive's PNGs flat into ``raw_dir/images`` and its metadata to CSV."""
+    """Unpack the archive's PNGs flat into ``raw_dir/images`` and its metadata to CSV.
+
+    Every member is CRC-checked as it is read; each image lands by rename, so a
+    corrupt archive leaves only verified images behind (kept: the next run
+    skips them) and is itself deleted.
+    """
     images_dir = raw_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as e:
-        archive.unlink(missing_ok=True)
-        raise DownloadError(f"{archive}: not a complete zip archive ({e}); deleted, run again to re-download") from None
-    with zf:
-        meta = _archive_metadata(zf, archive)
-        images = _archive_images(zf)
-        fetched = 0
-        from tqdm import tqdm
-        for name, info in tqdm(sorted(images.items()), desc="extract", unit="img"):
-            dest = images_dir / name
-            if dest.is_file() and dest.stat().st_size == info.file_size:
-                continue
-            with zf.open(info) as src:
-                _place(dest, lambda tmp, src=src: tmp.write_bytes(src.read()))
-            fetched += 1
+        with zipfile.ZipFile(archive) as zf:
+            meta = _archive_metadata(zf, archive)
+            images = _archive_images(zf)
+            fetched = 0
+            from tqdm import tqdm
+            for name, info in tqdm(sorted(images.items()), desc="extract", unit="img"):
+                dest = images_dir / name
+                if dest.is_file() and dest.stat().st_size == info.file_size:
+                    continue
+                with zf.open(info) as src:
+                    _place(dest, lambda tmp, src=src: tmp.write_bytes(src.read()))
+                fetched += 1
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        _discard_archive(archive)
+        raise DownloadError(f"{archive}: corrupt or incomplete zip archive ({first_line(e)}); deleted, "
+                            "run again to re-download") from None
     removed = _remove_stale(images_dir, set(images))
     write_csv(raw_dir / METADATA_FILE, meta)
     return {"images": len(images), "fetched": fetched, "already_present": len(images) - fetched,
@@ -150,7 +163,7 @@ def fetch_kaggle(dataset: str, raw_dir: str | os.PathLike, api=None, credentials
     except SystemExit:  # the kaggle client exits when it rejects the credentials
         raise DownloadError("Kaggle rejected the credentials: check KAGGLE_USERNAME / KAGGLE_KEY") from None
     except Exception as e:  # network, HTTP and auth errors all arrive as different types
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise DownloadError(f"Kaggle download of {dataset} failed: {reason} (network reachable? "
                             "or use data.source: sample)") from None
     archive = work / (dataset.split("/")[-1] + ".zip")

@@ -1,54 +1,82 @@
 """The one image reader: a path or bytes -> 2-D uint8 grayscale array.
 
 Used by resize, predict and serve alike, so training and serving see the same
-pixels. Accepts PNG and JPEG in any Pillow mode (8/16-bit, L, RGB, RGBA,
-palette, CMYK) and DICOM. Anything else raises ``ImageReadError`` with a
-one-line reason.
+pixels. Accepts PNG, JPEG and DICOM only (by content, not by name). Before any
+pixel is decoded it checks the size the header announces against a budget, so
+no upload can make it allocate more than about ``MAX_DECODED_BYTES`` plus one
+8-bit copy. Every failure is an ``ImageReadError`` with a one-line reason.
 """
 from __future__ import annotations
 
-from cxr.errors import CxrError
+from cxr.errors import CxrError, first_line
 
 import io
+import math
 import os
+import struct
 import warnings
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Full-size NIH PNGs are 1024x1024 and the original DICOMs about 3000x3000;
 # anything beyond ~6700x6700 is refused before its pixels are decoded.
 MAX_PIXELS = 45_000_000
+# One frame at the pixel limit at 16 bits: the most decoded data any input may announce.
+MAX_DECODED_BYTES = MAX_PIXELS * 2
+# A file larger than any image the budget admits, even stored uncompressed, is not read.
+MAX_FILE_BYTES = MAX_DECODED_BYTES + (16 << 20)
+FORMATS = ("PNG", "JPEG")            # Pillow formats; DICOM is read by pydicom
 _DICOM_MAGIC = b"DICM"
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+_CHUNK_PIXELS = 1 << 20               # rows converted at a time: bounds float temporaries
 
 
 class ImageReadError(CxrError):
     """An image that cannot be used; ``str(e)`` is the one-line reason."""
 
 
-def _to_uint8(a: np.ndarray) -> np.ndarray:
-    """Deeper-than-8-bit data stretched to 0..255 by its own range.
+class UnsupportedImageError(ImageReadError):
+    """Content that is not a PNG, JPEG or DICOM (a server answers 415, not 422)."""
+
+
+def _stretch_to_uint8(a: np.ndarray, values: Callable[[np.ndarray], np.ndarray] = np.asarray) -> np.ndarray:
+    """``values(a)`` stretched to 0..255 by its own min..max, a block of rows at a time.
 
     The bit depth actually used (12, 14 or 16) is not recorded in a PNG, so
-    the image's own min..max is the only scale that works for all of them.
+    the image's own range is the only scale that works for all of them.
+    ``values`` (e.g. a DICOM's rescale and window) must work element-wise: it
+    is applied to blocks, so no float copy of the whole image is ever made.
     """
-    a = a.astype(np.float64)
-    lo, hi = float(a.min()), float(a.max())
+    rows = max(1, _CHUNK_PIXELS // max(1, math.prod(a.shape[1:])))
+    blocks = range(0, a.shape[0], rows)
+    lo, hi = math.inf, -math.inf
+    for r in blocks:
+        v = values(a[r:r + rows])
+        lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ImageReadError("pixel values are not finite numbers")
+    out = np.zeros(a.shape[:2], dtype=np.uint8)
     if hi <= lo:
-        return np.zeros(a.shape, dtype=np.uint8)
-    return np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        return out
+    scale = 255.0 / (hi - lo)
+    for r in blocks:
+        out[r:r + rows] = np.round((np.asarray(values(a[r:r + rows]), dtype=np.float64) - lo) * scale)
+    return out
 
 
 def _read_pillow(stream) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(stream)
+            img = Image.open(stream, formats=FORMATS)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageReadError(f"image is larger than {MAX_PIXELS} pixels (decompression bomb?)") from None
         except UnidentifiedImageError:
-            raise ImageReadError("not an image (unrecognized format)") from None
+            raise UnsupportedImageError("not a PNG, JPEG or DICOM file") from None
         with img:
             w, h = img.size
             if w * h > MAX_PIXELS:
@@ -57,40 +85,99 @@ def _read_pillow(stream) -> np.ndarray:
                 raise ImageReadError(f"image is {w}x{h}")
             try:
                 img.load()
-            except (OSError, SyntaxError, ValueError) as e:
-                raise ImageReadError(f"corrupt {img.format or 'image'} data ({e})") from None
+                # As every viewer shows it: a phone or scanner JPEG may store the pixels rotated.
+                ImageOps.exif_transpose(img, in_place=True)
+            except (OSError, SyntaxError, ValueError, TypeError, struct.error) as e:
+                raise ImageReadError(f"corrupt {img.format or 'image'} data ({first_line(e)})") from None
             if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                return _to_uint8(np.asarray(img))
+                return _stretch_to_uint8(np.asarray(img))
             if img.mode != "L":
                 # RGBA/LA/P with transparency: the colour channels carry the X-ray.
                 img = img.convert("RGB").convert("L") if img.mode != "1" else img.convert("L")
             return np.array(img, dtype=np.uint8)
 
 
+def _header_number(ds, keyword: str, default: float, whole: bool = False) -> float:
+    """A numeric DICOM element, checked before it is used in any arithmetic."""
+    value = ds.get(keyword, default)
+    expected = "a whole number >= 0" if whole else "a finite number"
+    try:
+        number = int(value) if whole else float(value)
+    except (TypeError, ValueError):
+        raise ImageReadError(f"DICOM {keyword} is {str(value)[:40]!r}, expected {expected}") from None
+    if (whole and number < 0) or not math.isfinite(number):
+        raise ImageReadError(f"DICOM {keyword} is {number}, expected {expected}")
+    return number
+
+
+def _check_inflated_size(deflated: bytes) -> None:
+    """Count the inflated size, 1 MB at a time, stopping past the budget: a small
+    deflated file may expand to gigabytes (pydicom would inflate it whole)."""
+    inflater, total, pending = zlib.decompressobj(-zlib.MAX_WBITS), 0, deflated
+    try:
+        while pending and total <= MAX_FILE_BYTES:
+            total += len(inflater.decompress(pending, 1 << 20))
+            pending = inflater.unconsumed_tail
+        if not pending:  # flush() would inflate all that is left: only once the input is used up
+            total += len(inflater.flush())
+    except zlib.error as e:
+        raise ImageReadError(f"corrupt deflated DICOM data ({first_line(e)})") from None
+    if total > MAX_FILE_BYTES:
+        raise ImageReadError(f"deflated DICOM inflates past {MAX_FILE_BYTES >> 20} MB (decompression bomb?)")
+
+
 def _read_dicom(data: bytes) -> np.ndarray:
     import pydicom  # only DICOM inputs pay for the import
+    from pydicom.filereader import _read_file_meta_info, read_preamble
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    stream = io.BytesIO(data)
+    try:
+        read_preamble(stream, False)
+        meta = _read_file_meta_info(stream)
+    except Exception as e:  # pydicom raises many types for a broken file
+        raise ImageReadError(f"unreadable DICOM header ({first_line(e)})") from None
+    if str(meta.get("TransferSyntaxUID", "")) == _DEFLATED:
+        _check_inflated_size(data[stream.tell():])
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
-    except Exception as e:  # pydicom raises many types for a broken file
-        raise ImageReadError(f"unreadable DICOM ({e})") from None
+    except Exception as e:
+        raise ImageReadError(f"unreadable DICOM ({first_line(e)})") from None
     if "PixelData" not in ds:
         raise ImageReadError("DICOM has no pixel data")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    rows, cols, frames, samples, bits = (_header_number(ds, k, default, whole=True) for k, default in (
+        ("Rows", 0), ("Columns", 0), ("NumberOfFrames", 1), ("SamplesPerPixel", 1), ("BitsAllocated", 16)))
     if rows * cols > MAX_PIXELS:
-        raise ImageReadError(f"image is {cols}x{rows}, over the {MAX_PIXELS}-pixel limit")
+        raise ImageReadError(f"image is {cols}x{rows}, over the {MAX_PIXELS}-pixel limit (decompression bomb?)")
+    decoded = rows * cols * frames * samples * -(-bits // 8)
+    if decoded > MAX_DECODED_BYTES:
+        raise ImageReadError(f"DICOM announces {decoded >> 20} MB of pixels ({frames} frame(s) of {cols}x{rows}x"
+                             f"{samples} at {bits} bits), over the {MAX_DECODED_BYTES >> 20} MB limit")
+    if frames != 1 or samples not in (1, 3):
+        raise ImageReadError(f"DICOM has {frames} frame(s) of {samples} sample(s), expected one "
+                             "grayscale or RGB frame")
+    slope, intercept = _header_number(ds, "RescaleSlope", 1.0), _header_number(ds, "RescaleIntercept", 0.0)
+    if slope == 0:
+        raise ImageReadError("DICOM RescaleSlope is 0, expected a non-zero number")
     try:
         a = ds.pixel_array
     except Exception as e:
-        raise ImageReadError(f"DICOM pixel data cannot be decoded ({e})") from None
-    if a.ndim == 3 and a.shape[-1] in (3, 4):
-        a = a[..., :3].mean(axis=-1)
-    elif a.ndim != 2:
-        raise ImageReadError(f"DICOM pixel array has shape {a.shape}, expected a single 2-D frame")
-    a = apply_modality_lut(a, ds)           # rescale slope / intercept
-    a = apply_voi_lut(a, ds)                 # window centre / width, when present
-    a = _to_uint8(a)
+        raise ImageReadError(f"DICOM pixel data cannot be decoded ({first_line(e)})") from None
+    if a.shape[:2] != (rows, cols) or a.ndim != (2 if samples == 1 else 3):
+        raise ImageReadError(f"DICOM pixel array has shape {a.shape}, expected {rows}x{cols}x{samples}")
+
+    def values(block: np.ndarray) -> np.ndarray:
+        if samples == 3:
+            block = block[..., :3].mean(axis=-1)
+        block = apply_modality_lut(block, ds)        # rescale slope / intercept
+        return apply_voi_lut(block, ds)               # window centre / width, when present
+
+    try:
+        a = _stretch_to_uint8(a, values)
+    except ImageReadError:
+        raise
+    except Exception as e:  # text in a window or LUT element, a LUT of the wrong shape, ...
+        raise ImageReadError(f"DICOM rescale/window values cannot be applied ({first_line(e)})") from None
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         a = 255 - a                          # MONOCHROME1: high values are dark
     return a
@@ -98,15 +185,21 @@ def _read_dicom(data: bytes) -> np.ndarray:
 
 def read_image(source: str | os.PathLike | bytes) -> np.ndarray:
     """Decode a PNG, JPEG or DICOM (path or bytes) to a 2-D uint8 grayscale array."""
-    if isinstance(source, (bytes, bytearray)):
+    if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     else:
         try:
-            data = Path(source).read_bytes()
+            with open(source, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > MAX_FILE_BYTES:
+                    raise ImageReadError(f"file is {size >> 20} MB, over the {MAX_FILE_BYTES >> 20} MB limit")
+                data = f.read()
         except OSError as e:
             raise ImageReadError(f"cannot read file ({e.strerror or e})") from None
     if not data:
         raise ImageReadError("empty file (0 bytes)")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageReadError(f"data is {len(data) >> 20} MB, over the {MAX_FILE_BYTES >> 20} MB limit")
     if data[128:132] == _DICOM_MAGIC:
         return _read_dicom(data)
     return _read_pillow(io.BytesIO(data))
