@@ -40,9 +40,9 @@ def main() -> None:
             "train": dataclasses.asdict(params.train), "model": dataclasses.asdict(model_params)}
     data_sha = tracking.file_sha256([SPLITS, LABELS, f"{CACHE}/index.csv", f"{CACHE}/images.npy"])
     model_dir, history_csv = f"models/{variant}", f"metrics/train/{variant}_history.csv"
-    with tracking.training_run(variant, f"train@{variant}", used, data_sha, uri) as mlflow:
+    with tracking.training_run(variant, f"train@{variant}", used, data_sha, uri) as run:
         result = train.train_model(dataset, model_params, params.train, params.image.size, name=variant,
-                                   callbacks=[tracking.epoch_logger()], strategy=strategy)
+                                   callbacks=[run.epoch_callback()], strategy=strategy)
         train.save_model(result.model, f"{model_dir}/{train.MODEL_FILE}")
         write_json(f"{model_dir}/model.json", {"variant": variant, "family": model_params.family,
                                                "targets": list(dataset.targets), "size": params.image.size})
@@ -62,8 +62,9 @@ def main() -> None:
         # Timings are facts about this machine, not results: kept out of `dvc metrics`.
         timing = {"seconds": round(result.seconds, 2), "images_per_second": round(result.images_per_second, 1)}
         write_json(f"reports/timings/train/{variant}.json", timing)
-        tracking.log_trained_model(mlflow, result.model, f"{model_dir}/{train.MODEL_FILE}", {**summary, **timing},
-                                   artifacts=[plot_path, history_csv])
+        run.finish(lambda mlflow: tracking.log_trained_model(
+            mlflow, result.model, f"{model_dir}/{train.MODEL_FILE}", {**summary, **timing},
+            artifacts=[plot_path, history_csv]))
     collapsed = " COLLAPSED (near-constant predictions)" if summary["collapsed"] else ""
     print(f"train@{variant}: best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
           f"val AUROC {summary['val_auroc']:.4f}, {timing['images_per_second']} images/s{collapsed}")

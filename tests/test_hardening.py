@@ -18,7 +18,7 @@ from test_images import _png_claiming
 BAD = {  # name -> reason resize and predict must give
     "zero.png": "empty file (0 bytes)",
     "truncated.png": "corrupt PNG",
-    "text.png": "not an image (unrecognized format)",
+    "text.png": "not a PNG, JPEG or DICOM file",
     "bomb.png": "decompression bomb",
     "nopixels.dcm": "DICOM has no pixel data",
 }
@@ -167,3 +167,47 @@ def test_split_and_resize_stages_are_byte_identical_when_rerun(project):
     run(["dvc", "repro", "--force", "split", "resize"], project)
     for path, data in first.items():
         assert (project / path).read_bytes() == data, path
+
+
+def test_training_survives_an_mlflow_store_locked_by_another_process(project, tmp_path, held_stages):
+    import sys
+    import threading
+
+    import mlflow
+    from cxr import tracking
+    edit_params(project, tiny_params)
+    edit_params(project, lambda p: p["models"]["cnn"].update(epochs=3))
+    edit_params(project, lambda p: p["train"].update(early_stopping_patience=5))
+    run(["dvc", "repro", "resize", "split"], project)
+    # Held at the first per-epoch log: the run exists, epoch 1 is done.
+    proc = _start_held(project, "mlflow:log_metrics", 1, tmp_path / "gate", "stages/train.py", "cnn")
+    held_stages.append(proc)
+    threading.Thread(target=proc.stdout.read, daemon=True).start()   # never let stdout fill its pipe
+    _wait_until_held(proc, tmp_path / "gate")
+    # A second process takes SQLite's exclusive lock on the store, as a long `mlflow gc` or a
+    # second writer would; then the stage moves on.
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys\n"
+                               "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                               "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.read()",
+                               str(project / "mlflow.db")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    held_stages.append(holder)
+    assert holder.stdout.readline().strip() == "locked"
+    open(tmp_path / "gate" / "gate", "w").close()   # release the stage
+    stderr = []
+    for line in proc.stderr:                         # until the stage says the store failed
+        stderr.append(line)
+        if line.startswith("train: warning: MLflow run"):
+            break
+    assert "logging failed at epoch 1 (" in stderr[-1] and "database is locked" in stderr[-1], "".join(stderr)
+    holder.stdin.close()                             # the other process lets go
+    holder.wait(timeout=60)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=600) == 0, rest
+    assert "incomplete" not in rest
+    summary = json.loads((project / "metrics" / "train" / "cnn.json").read_text())
+    assert summary["epochs_run"] == 3
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    [run_info] = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    assert run_info.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_info.info.run_id, "loss")] == [1, 2, 3]
+    assert run_info.data.tags[tracking.TAG_MODEL] == tracking.file_sha256([project / "models/cnn/model.keras"])

@@ -8,15 +8,17 @@ ID has to live in a DVC output (which would change its hash every run).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from contextlib import contextmanager
 
-from cxr.errors import CxrError
+from cxr.errors import CxrError, first_line
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 EXPERIMENT = "cxr-pipeline"
@@ -84,31 +86,105 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def _warn(message: str) -> None:
+    print(f"train: warning: {message}", file=sys.stderr, flush=True)
+
+
+class TrainingRun:
+    """The MLflow side of one training: each epoch's metrics, then the model.
+
+    Tracking never costs the training. If the store fails mid-fit (an SQLite
+    file locked by another process, a server gone), the epochs' metrics are
+    kept in memory and written, in order, when the model is logged; that final
+    write is tried ``attempts`` times. If the store is still unusable, the
+    stage's outputs stand and one warning line names the incomplete run.
+    """
+
+    def __init__(self, mlflow, run_id: str, attempts: int = 3):
+        self.mlflow, self.run_id, self.attempts = mlflow, run_id, attempts
+        self.pending: list[tuple[int, dict[str, float]]] = []
+        self.failed = False
+
+    def _flush(self) -> None:
+        while self.pending:
+            step, metrics = self.pending[0]
+            self.mlflow.log_metrics(metrics, step=step, run_id=self.run_id)
+            self.pending.pop(0)
+
+    def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
+        self.pending.append((step, metrics))
+        if self.failed:
+            return  # each try at a failing store can block ~20 s: wait for the end
+        try:
+            self._flush()
+        except _failures() as e:
+            self.failed = True
+            _warn(f"MLflow run {self.run_id}: logging failed at epoch {step} ({first_line(e)}); training goes "
+                  "on, metrics are kept and written at the end")
+
+    def epoch_callback(self):
+        """Keras callback: each epoch's finite metrics to ``log_epoch``."""
+        import keras
+        run = self
+
+        class EpochLogger(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                run.log_epoch(epoch + 1, {k: float(v) for k, v in (logs or {}).items()
+                                          if isinstance(v, (int, float)) and v == v})
+
+        return EpochLogger()
+
+    def finish(self, log_model) -> bool:
+        """Write what is pending, then ``log_model(mlflow)``; False (and a warning) if the store
+        stays unusable for every attempt."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                self._flush()
+                if log_model is not None:
+                    log_model(self.mlflow)
+                    log_model = None  # logged: a retry must not log it twice
+                return True
+            except _failures() as e:
+                reason = first_line(e)
+        missing = f"{len(self.pending)} epoch(s) of metrics" + (" and the model" if log_model else "")
+        _warn(f"MLflow run {self.run_id} is incomplete ({missing} not logged after {self.attempts} attempts: "
+              f"{reason}); the stage's outputs are written")
+        return False
+
+
+@functools.cache
+def _failures() -> tuple[type[BaseException], ...]:
+    """What a failing store raises (MLflow wraps SQL and HTTP errors in MlflowException)."""
+    from mlflow.exceptions import MlflowException
+    return (MlflowException, OSError)
+
+
 @contextmanager
 def training_run(variant: str, stage: str, params: dict, data_sha256: str, uri: str | None = None):
-    """An MLflow run for one training of ``variant``; yields the ``mlflow`` module."""
+    """An MLflow run for one training of ``variant``; yields its ``TrainingRun``."""
     import mlflow
 
-    mlflow.set_tracking_uri(uri or tracking_uri())
-    mlflow.set_experiment(EXPERIMENT)
+    uri = uri or tracking_uri()
+    mlflow.set_tracking_uri(uri)
     tags = {TAG_VARIANT: variant, TAG_STAGE: stage, TAG_DATA: data_sha256, **git_state()}
-    with mlflow.start_run(run_name=variant, tags=tags):
+    try:  # before any training: failing here loses nothing
+        mlflow.set_experiment(EXPERIMENT)
+        run_id = mlflow.start_run(run_name=variant, tags=tags).info.run_id
         mlflow.log_params({k: "null" if v is None else v for k, v in flatten(params).items()})
-        yield mlflow
-
-
-def epoch_logger():
-    """Keras callback: each epoch's metrics to the active MLflow run."""
-    import keras
-    import mlflow
-
-    class EpochLogger(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            finite = {k: float(v) for k, v in (logs or {}).items()
-                      if isinstance(v, (int, float)) and v == v}
-            mlflow.log_metrics(finite, step=epoch + 1)
-
-    return EpochLogger()
+    except _failures() as e:
+        if mlflow.active_run():
+            mlflow.end_run("FAILED")
+        raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: cannot start a run ({first_line(e)})") from None
+    run = TrainingRun(mlflow, run_id)
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    finally:
+        try:
+            mlflow.end_run(status)
+        except _failures() as e:
+            _warn(f"MLflow run {run_id} could not be closed ({first_line(e)}); it shows as running")
 
 
 def log_trained_model(mlflow, model, model_path: str | os.PathLike, summary: dict,
