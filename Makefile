@@ -6,7 +6,7 @@ PYTHON ?= python3
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install browser-deps repro test pr-report check-repro bench clean
+.PHONY: install browser-deps repro test pr-report check-repro bench bench-load clean
 
 BASE ?= main
 
@@ -48,6 +48,10 @@ check-repro: install
 # Needs a finished `make repro` (it reads the cache and the exported models).
 bench: repro
 	$(BIN)/python bench/run.py
+
+# `cxr serve` under 32 concurrent clients sending real X-rays and hostile files; writes reports/load.json.
+bench-load: repro
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV)

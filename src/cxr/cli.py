@@ -80,11 +80,30 @@ def _table(result: dict) -> str:
 
 def _serve(args: argparse.Namespace) -> None:
     from cxr.predict import load_predictor
-    from cxr.serve import create_app
+    from cxr.serve import ServeLimits, create_app, make_server, trusted_hosts
+    limits = ServeLimits(max_mb=args.max_mb, concurrency=args.concurrency, timeout=args.timeout)
     predictor = load_predictor(args.model)
-    app = create_app(predictor, max_mb=args.max_mb)
-    print(f"cxr serve: {predictor.name} on http://{args.host}:{args.port}/ (research tool, not a diagnosis)")
-    app.run(host=args.host, port=args.port, threaded=True)
+    hosts = trusted_hosts(args.host, tuple(args.allowed_host))
+    server = make_server(create_app(predictor, limits, hosts), args.host, args.port, limits)
+    print(f"cxr serve: {predictor.name} on http://{args.host}:{server.effective_port}/ "
+          f"(research tool, not a diagnosis; Host names accepted: {', '.join(hosts)})", flush=True)
+    try:
+        server.run()
+    finally:
+        server.close()
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _concurrency(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 64, got {text}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,8 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="web page and JSON API: upload an X-ray, see findings and heatmap")
     p.add_argument("--model", help="as for predict; default: the variant with the best validation AUROC")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-mb", type=float, default=20.0, help="upload size limit in MB (default 20)")
+    p.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
+    p.add_argument("--max-mb", type=_positive, default=20.0, help="upload size limit in MB (default 20)")
+    p.add_argument("--concurrency", type=_concurrency, default=2, metavar="N",
+                   help="uploads decoded and predicted at once; bounds memory (default 2)")
+    p.add_argument("--timeout", type=_positive, default=30.0,
+                   help="seconds an idle connection stays open, and a request waits for its turn (default 30)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also accept requests for this Host name (repeatable); others get 400")
     p.set_defaults(func=_serve)
     return parser
 

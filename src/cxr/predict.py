@@ -51,9 +51,13 @@ class Predictor:
     keras_model: object = None
 
     def predict_pixels(self, pixels: np.ndarray) -> dict:
+        """Findings for a decoded image of any size."""
+        return self.predict_resized(resize_image(pixels, self.size))
+
+    def predict_resized(self, small: np.ndarray) -> dict:
+        """Findings for an image already ``size`` x ``size``."""
         from cxr.evaluate import abnormal_score
-        image = resize_image(pixels, self.size)[None, ..., None].astype(np.float32)
-        p = np.asarray(self.run(image))[0]
+        p = np.asarray(self.run(small[None, ..., None].astype(np.float32)))[0]
         score = float(abnormal_score(p[None])[0])
         return {"model": self.name,
                 "findings": {t: round(float(v), 6) for t, v in zip(self.targets, p)},
@@ -109,11 +113,23 @@ def load_predictor(model: str | os.PathLike | None = None, root: str | os.PathLi
                          runner.predict)
     if path.suffix == ".keras":
         import_tensorflow_quietly()
-        from cxr.train import load_model, predict
+        from cxr.train import load_model
         keras_model = load_model(path)
         return Predictor(f"{variant} (keras)", variant, info["targets"], info["size"], threshold,
-                         lambda x: predict(keras_model, x), keras_model)
+                         _compiled(keras_model), keras_model)
     raise PredictError(f"{path}: expected a .keras or .tflite model")
+
+
+def _compiled(model):
+    """The model as one compiled graph call. ``Model.predict`` builds a data pipeline on every
+    call: 113 ms for one 128-px image on MobileNet here, against 14 ms (same outputs)."""
+    import tensorflow as tf
+
+    def call(images):
+        return model({model.inputs[0].name: images}, training=False)
+
+    graph = tf.function(call, reduce_retracing=True, autograph=False)
+    return lambda images: graph(tf.convert_to_tensor(images, tf.float32)).numpy()
 
 
 def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:

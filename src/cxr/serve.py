@@ -1,34 +1,53 @@
 """``cxr serve``: upload a chest X-ray, see the findings and the heatmap.
 
-Uploads are read into memory and decoded by the one image reader; nothing
-is written to disk. Inference is serialized by a lock: neither a TFLite
-interpreter nor a shared Keras model may be called from two threads at once.
+Served by waitress (a production WSGI server; no debugger exists to switch
+on). Large bodies wait in anonymous temporary files (never named on disk);
+an upload is read into memory and decoded by the one image reader only
+when its turn comes. At most ``concurrency`` uploads are decoded and
+predicted at once, so memory stays bounded however many clients connect; a
+request that waits longer than ``timeout`` for its turn gets 503. Inference is
+serialized by a lock: neither a TFLite interpreter nor a shared Keras model
+may be called from two threads at once. Requests naming a Host that is not
+the bound address or an allowed name get 400 (DNS rebinding).
 """
 from __future__ import annotations
 
 import base64
 import io
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
 from cxr import __version__
-from cxr.data.images import ImageReadError, read_image, resize_image
+from cxr.data.images import ImageReadError, UnsupportedImageError, read_image, resize_image
 from cxr.predict import Predictor
 
-DEFAULT_MAX_MB = 20
-_PNG, _JPEG, _DICOM = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"DICM"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
-def upload_kind(data: bytes) -> str | None:
-    """``png``, ``jpeg`` or ``dicom`` by content (not by name); None otherwise."""
-    if data.startswith(_PNG):
-        return "png"
-    if data.startswith(_JPEG):
-        return "jpeg"
-    if data[128:132] == _DICOM:
-        return "dicom"
-    return None
+@dataclass(frozen=True)
+class ServeLimits:
+    max_mb: float = 20.0          # upload size limit
+    concurrency: int = 2          # uploads decoded / predicted at once
+    timeout: float = 30.0         # s: idle connection, and wait for a decode slot
+    connections: int = 100        # open connections; more wait in the listen backlog
+    threads: int = 8              # waitress worker threads (waiting for a slot is cheap)
+
+
+def trusted_hosts(host: str, allowed: tuple[str, ...] = ()) -> list[str]:
+    """Host header values accepted for a server bound to ``host``.
+
+    A wildcard bind (0.0.0.0, ::) has no name of its own: only loopback names
+    and those the operator lists are accepted there.
+    """
+    names = [] if host in ("0.0.0.0", "::", "") else [host]
+    if host in LOOPBACK_NAMES or not names:
+        names += LOOPBACK_NAMES
+    names += allowed
+    # Werkzeug compares the Host without its port; IPv6 literals arrive bracketed.
+    return list(dict.fromkeys(f"[{n}]" if ":" in n and not n.startswith("[") else n for n in names))
 
 
 def _png_base64(pixels: np.ndarray, cam: np.ndarray | None = None) -> str:
@@ -44,20 +63,27 @@ def _png_base64(pixels: np.ndarray, cam: np.ndarray | None = None) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def create_app(predictor: Predictor, max_mb: float = DEFAULT_MAX_MB):
+def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits(), hosts: list[str] | None = None):
+    """The Flask app; ``hosts``: accepted Host names (None: any, for in-process test clients)."""
     from flask import Flask, jsonify, request
     from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
     app = Flask("cxr")
-    app.config["MAX_CONTENT_LENGTH"] = int(max_mb * 1024 * 1024)
-    lock = threading.Lock()
+    app.debug = False
+    app.config.update(MAX_CONTENT_LENGTH=int(limits.max_mb * 1024 * 1024), MAX_FORM_PARTS=16,
+                      TRUSTED_HOSTS=hosts, PROPAGATE_EXCEPTIONS=False)
+    # Decoding runs on these threads only: it bounds how many uploads are in memory at once,
+    # and keeps the large transient buffers in their few malloc arenas (on waitress's 8
+    # threads, each arena kept its own freed ~140 MB: 6 uploads grew the server by 840 MB).
+    decoders = ThreadPoolExecutor(limits.concurrency, thread_name_prefix="cxr-decode")
+    model_lock = threading.Lock()
 
     def error(status: int, message: str):
         return jsonify({"error": message}), status
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_):
-        return error(413, f"file over the {max_mb:g} MB limit")
+        return error(413, f"file over the {limits.max_mb:g} MB limit")
 
     @app.errorhandler(HTTPException)
     def http_error(e):
@@ -73,38 +99,66 @@ def create_app(predictor: Predictor, max_mb: float = DEFAULT_MAX_MB):
         return jsonify({"status": "ok", "model": predictor.name, "variant": predictor.variant,
                         "targets": predictor.targets, "threshold": predictor.threshold, "version": __version__})
 
-    @app.post("/api/predict")
-    def predict():
-        upload = request.files.get("file")
-        if upload is None:
-            return error(400, "no file: send multipart/form-data with a 'file' field")
-        data = upload.read()
-        name = upload.filename or "upload"
+    def analyse(upload, name: str, heatmap: bool) -> tuple[int, dict]:
+        """Decode, resize and predict one upload: runs on a decoder thread."""
+        data = upload.read()  # the upload is in memory only from here
         if not data:
-            return error(400, f"{name}: empty file")
-        if upload_kind(data) is None:
-            return error(415, f"{name}: unsupported type; upload a PNG, JPEG or DICOM file")
+            return 400, {"error": f"{name}: empty file"}
         try:
             pixels = read_image(data)
+        except UnsupportedImageError:
+            return 415, {"error": f"{name}: unsupported type; upload a PNG, JPEG or DICOM file"}
         except ImageReadError as e:
-            return error(422, f"{name}: {e}")
-        with lock:
-            result = {"image": name, **predictor.predict_pixels(pixels)}
-            if request.args.get("heatmap") == "1":
-                small = resize_image(pixels, predictor.size)
+            return 422, {"error": f"{name}: {e}"}
+        del data
+        small = resize_image(pixels, predictor.size)
+        del pixels
+        with model_lock:
+            result = {"image": name, **predictor.predict_resized(small)}
+            if heatmap:
                 cam = None
                 if predictor.keras_model is not None:
                     from cxr.gradcam import grad_cam
                     cam = grad_cam(predictor.keras_model, small[None, ..., None].astype(np.float32))[0]
                 result["preview_png"] = _png_base64(small)
                 result["heatmap_png"] = None if cam is None else _png_base64(small, cam)
-        return jsonify(result)
+        return 200, result
+
+    @app.post("/api/predict")
+    def predict():
+        upload = request.files.get("file")
+        if upload is None:
+            return error(400, "no file: send multipart/form-data with a 'file' field")
+        name = (upload.filename or "upload")[:200]
+        started = threading.Event()
+
+        def job():
+            started.set()
+            return analyse(upload, name, request_heatmap)
+
+        request_heatmap = request.args.get("heatmap") == "1"
+        future = decoders.submit(job)
+        if not started.wait(limits.timeout) and future.cancel():
+            return error(503, "server busy: try again shortly")[0], 503, {"Retry-After": "5"}
+        status, body = future.result()
+        return jsonify(body), status
 
     @app.get("/")
     def page():
-        return PAGE.replace("{{MODEL}}", predictor.name).replace("{{MAX_MB}}", f"{max_mb:g}")
+        return PAGE.replace("{{MODEL}}", predictor.name).replace("{{MAX_MB}}", f"{limits.max_mb:g}")
 
     return app
+
+
+def make_server(app, host: str, port: int, limits: ServeLimits = ServeLimits()):
+    """A waitress server for ``app`` (port 0: any free port, see ``effective_port``)."""
+    from waitress import create_server
+    slack = 64 * 1024  # multipart framing around the file
+    return create_server(app, host=host, port=port, threads=limits.threads, connection_limit=limits.connections,
+                         channel_timeout=max(1, round(limits.timeout)),
+                         cleanup_interval=max(1, min(30, round(limits.timeout / 2))),  # how often idle ones are cut
+                         max_request_body_size=int(limits.max_mb * 2**20) + slack,
+                         clear_untrusted_proxy_headers=True, ident="cxr")
 
 
 PAGE = """<!doctype html>
