@@ -1,7 +1,9 @@
 """MLflow: the one place that knows run names, tags and what gets logged.
 
-Store: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` in the
-project root (gitignored; never a DVC output). Runs are linked to models by
+Store: ``MLFLOW_TRACKING_URI`` when set, else ``mlflow.db`` (SQLite) at the
+repository root (gitignored; never a DVC output), the same file for
+``dvc repro`` and for ``dvc exp run --temp`` / ``--queue`` runs, which execute
+in a copy under ``.dvc/tmp/exps/`` but get the repository in ``DVC_ROOT``. Runs are linked to models by
 content: every training run is tagged with the sha256 of the model file it
 produced, and evaluation logs into the newest run with that tag, so no run
 ID has to live in a DVC output (which would change its hash every run).
@@ -17,10 +19,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from contextlib import contextmanager
+from pathlib import Path
 
 from cxr.errors import CxrError, first_line
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_STORE = "mlflow.db"
 EXPERIMENT = "cxr-pipeline"
 TAG_VARIANT = "cxr.variant"
 TAG_STAGE = "cxr.stage"
@@ -32,9 +35,13 @@ class TrackingError(CxrError):
     """The tracking store cannot be used."""
 
 
-def tracking_uri(env: dict | None = None) -> str:
+def tracking_uri(env: dict | None = None, cwd: str | os.PathLike | None = None) -> str:
+    """``MLFLOW_TRACKING_URI``, else ``sqlite:///<repository root>/mlflow.db``."""
     env = os.environ if env is None else env
-    return env.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if env.get("MLFLOW_TRACKING_URI"):
+        return env["MLFLOW_TRACKING_URI"]
+    root = Path(env.get("DVC_ROOT") or cwd or os.getcwd()).resolve()
+    return f"sqlite:///{root / DEFAULT_STORE}"
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
@@ -47,9 +54,9 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         except (OSError, urllib.error.URLError) as e:
             reason = getattr(e, "reason", e)
             raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({reason}); "
-                                f"start it, or unset MLFLOW_TRACKING_URI to log to {DEFAULT_URI}") from None
+                                f"start it, or unset MLFLOW_TRACKING_URI to log to {DEFAULT_STORE} at the repository root") from None
     elif uri.startswith("file:") or "://" not in uri:
-        raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: MLflow 3 refuses file stores; use {DEFAULT_URI} "
+        raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: MLflow 3 refuses file stores; use sqlite:///PATH "
                             "or an http(s) tracking server")
 
 
