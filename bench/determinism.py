@@ -47,7 +47,7 @@ def child(overrides: dict, variants: list[str], epochs: int, out: Path) -> None:
     compute.configure(dataclasses.replace(params.compute, **overrides))
     import numpy as np
 
-    from cxr import train
+    from cxr import inference, train
     from cxr.data.dataset import load_dataset
     from cxr.evaluate import mean_auroc
 
@@ -59,7 +59,7 @@ def child(overrides: dict, variants: list[str], epochs: int, out: Path) -> None:
         mp = dataclasses.replace(mp, freeze_epochs=min(mp.freeze_epochs, mp.epochs - 1))
         started = time.perf_counter()
         r = train.train_model(data, mp, params.train, params.image.size, name=variant, verbose=0)
-        test_p = train.predict(r.model, data.images("test"))
+        test_p = inference.predict(r.model, data.images("test"))
         np.savez(out / f"{variant}.npz", val=r.val_predictions, test=test_p)
         weights = hashlib.sha256(b"".join(w.tobytes() for w in r.model.get_weights())).hexdigest()
         result[variant] = {"weights_sha256": weights, "best_epoch": r.best["epoch"],

@@ -1,10 +1,9 @@
 """download: fetch data.source into data/raw/ (images/ + Data_Entry_2017.csv)."""
 from cxr.data.download import fetch
 from cxr.errors import run_command
+from cxr.paths import BUNDLED, RAW
 from cxr.params import load_params
 
-RAW = "data/raw"
-BUNDLED = "data/sample"
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ from cxr import compute  # noqa: E402
 from cxr.errors import run_command  # noqa: E402
 from cxr.outputs import atomic_path, write_json  # noqa: E402
 from cxr.params import load_variant  # noqa: E402
+from cxr.paths import CACHE, LABELS, SPLITS, export_dir, model_file, stage_metrics, timings  # noqa: E402
 
-CACHE, LABELS, SPLITS = "data/cache", "data/labels.csv", "data/splits.csv"
 
 
 def main() -> None:
@@ -20,9 +20,9 @@ def main() -> None:
 
     from cxr import export
     from cxr.data.dataset import load_dataset
-    from cxr.train import MODEL_FILE, load_model, predict
+    from cxr.inference import load_model, predict
 
-    model = load_model(f"models/{variant}/{MODEL_FILE}")
+    model = load_model(model_file(variant))
     data = load_dataset(CACHE, LABELS, SPLITS, params.labels.targets)
     train, test = data.splits["train"], data.splits["test"]
     rng = np.random.default_rng(xp.seed)
@@ -32,7 +32,7 @@ def main() -> None:
     reference = predict(model, test_images)
 
     report, latency = {"test_images": len(test), "tflite": {}}, {}
-    out = f"models/{variant}/export"
+    out = export_dir(variant)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         produced = export.export_tflite(model, tmp, representative, xp.tflite)
@@ -53,9 +53,9 @@ def main() -> None:
         base = report["tflite"]["fp32"]["size_mb"]
         for m in report["tflite"].values():
             m["size_vs_fp32"] = round(m["size_mb"] / base, 3)
-    write_json(f"metrics/export/{variant}.json", report)
+    write_json(stage_metrics("export", variant), report)
     # Latency is a fact about this machine, not a result: kept out of `dvc metrics`.
-    write_json(f"reports/timings/export/{variant}.json", latency)
+    write_json(timings("export", variant), latency)
     print(f"export@{variant}: " + ", ".join(
         f"{fmt} {m['size_mb']:.2f} MB {latency[fmt]['ms_per_image']:.1f} ms/img max|Δ| {m['max_abs_diff']:.2g}"
         for fmt, m in report["tflite"].items()))

@@ -5,16 +5,14 @@ from cxr.data.metadata import read_metadata
 from cxr.errors import run_command
 from cxr.outputs import write_csv, write_json
 from cxr.params import load_params
+from cxr.paths import LABELS, RAW_IMAGES, RAW_METADATA, stage_metrics
 
-METADATA = "data/raw/Data_Entry_2017.csv"
-IMAGES = "data/raw/images"
-LABELS = "data/labels.csv"
-METRICS = "metrics/labels.json"
+METRICS = stage_metrics("labels")
 
 
 def main() -> None:
     params = load_params().labels
-    table, report = build_labels(read_metadata(METADATA), params.views, image_names(IMAGES), METADATA)
+    table, report = build_labels(read_metadata(RAW_METADATA), params.views, image_names(RAW_IMAGES), RAW_METADATA)
     counts = class_counts(table)
     write_csv(LABELS, table)
     write_json(METRICS, {**report, "positives": counts, "task": params.task,

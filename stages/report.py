@@ -5,9 +5,10 @@ from pathlib import Path
 from cxr.errors import CxrError, run_command
 from cxr.outputs import atomic_path
 from cxr.params import load_params
+from cxr.paths import REPORTS, stage_metrics
 from cxr.report import summary_markdown
 
-OUT = "reports/summary.md"
+OUT = f"{REPORTS}/summary.md"
 
 
 def _read(path: Path) -> dict:
@@ -20,13 +21,13 @@ def _read(path: Path) -> dict:
 def main() -> None:
     params = load_params()
     variants = list(params.models)
-    split = _read(Path("metrics/split.json"))
-    labels = _read(Path("metrics/labels.json"))
-    exports = {v: _read(p) for v in variants if (p := Path(f"metrics/export/{v}.json")).exists()}
+    split = _read(Path(stage_metrics("split")))
+    labels = _read(Path(stage_metrics("labels")))
+    exports = {v: _read(p) for v in variants if (p := Path(stage_metrics("export", v))).exists()}
     data = {"source": params.data.source, "images": labels["rows"], "patients": labels["patients"],
             "split": params.split.method, "test_images": split["test"]["images"], "size": params.image.size}
-    text = summary_markdown({v: _read(Path(f"metrics/eval/{v}.json")) for v in variants},
-                            {v: _read(Path(f"metrics/train/{v}.json")) for v in variants}, exports, data)
+    text = summary_markdown({v: _read(Path(stage_metrics("eval", v))) for v in variants},
+                            {v: _read(Path(stage_metrics("train", v))) for v in variants}, exports, data)
     with atomic_path(OUT) as tmp:
         tmp.write_text(text)
     print(f"report: {OUT} ({len(variants)} variants)")

@@ -6,15 +6,14 @@ from cxr.data.download import image_names
 from cxr.errors import run_command
 from cxr.outputs import write_json
 from cxr.params import load_params
+from cxr.paths import CACHE, RAW_IMAGES, stage_metrics
 
-IMAGES = "data/raw/images"
-CACHE = "data/cache"
-METRICS = "metrics/resize.json"
+METRICS = stage_metrics("resize")
 
 
 def main() -> None:
     params = load_params()
-    paths = [f"{IMAGES}/{n}" for n in image_names(IMAGES)]
+    paths = [f"{RAW_IMAGES}/{n}" for n in image_names(RAW_IMAGES)]
     report = build_cache(paths, params.image.size, params.resize.workers, CACHE,
                          params.resize.max_bad_fraction, progress=sys.stderr.isatty())
     write_json(METRICS, report)

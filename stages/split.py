@@ -3,15 +3,14 @@ import gzip
 
 import pandas as pd
 
-from cxr.data.split import assert_patient_disjoint, official_split, patient_split, split_summary
+from cxr.data.split import (assert_patient_disjoint, leaking_patients, official_split, patient_split,
+                            split_summary)
 from cxr.errors import run_command
 from cxr.outputs import write_csv, write_json
 from cxr.params import load_params
+from cxr.paths import LABELS, OFFICIAL_TEST, SPLITS, stage_metrics
 
-LABELS = "data/labels.csv"
-OFFICIAL_TEST = "data/sample/meta/test_list.txt.gz"
-SPLITS = "data/splits.csv"
-METRICS = "metrics/split.json"
+METRICS = stage_metrics("split")
 
 
 def main() -> None:
@@ -27,7 +26,8 @@ def main() -> None:
     write_csv(SPLITS, pd.DataFrame({"Image Index": table["Image Index"], "Patient ID": table["Patient ID"],
                                     "split": split}))
     summary = split_summary(table, split)
-    write_json(METRICS, {"method": params.method, "patient_overlap": 0, **summary})
+    overlap = len(leaking_patients(table["Patient ID"], split))  # measured on what is written, not assumed
+    write_json(METRICS, {"method": params.method, "patient_overlap": overlap, **summary})
     print("split: " + ", ".join(f"{k} {v['images']} images / {v['patients']} patients"
                                 for k, v in summary.items()))
 

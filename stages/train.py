@@ -9,10 +9,9 @@ from cxr.errors import run_command  # noqa: E402
 from cxr.models import check_weights  # noqa: E402
 from cxr.outputs import atomic_path, write_json  # noqa: E402
 from cxr.params import load_variant  # noqa: E402
+from cxr.paths import (CACHE, CACHE_IMAGES_FILE, CACHE_INDEX_FILE, LABELS, MODEL_INFO, SPLITS, model_dir,  # noqa: E402
+                       model_file, stage_metrics, timings, variant_reports)
 
-CACHE = "data/cache"
-LABELS = "data/labels.csv"
-SPLITS = "data/splits.csv"
 
 
 def main() -> None:
@@ -38,17 +37,17 @@ def main() -> None:
     used = {"image": {"size": params.image.size},
             "labels": {"task": params.labels.task, "target": params.labels.target},
             "train": dataclasses.asdict(params.train), "model": dataclasses.asdict(model_params)}
-    data_sha = tracking.file_sha256([SPLITS, LABELS, f"{CACHE}/index.csv", f"{CACHE}/images.npy"])
-    model_dir, history_csv = f"models/{variant}", f"metrics/train/{variant}_history.csv"
+    data_sha = tracking.file_sha256([SPLITS, LABELS, f"{CACHE}/{CACHE_INDEX_FILE}", f"{CACHE}/{CACHE_IMAGES_FILE}"])
+    history_csv = stage_metrics("train", variant, "_history.csv")
     with tracking.training_run(variant, f"train@{variant}", used, data_sha, uri) as run:
         result = train.train_model(dataset, model_params, params.train, params.image.size, name=variant,
                                    callbacks=[run.epoch_callback()], strategy=strategy)
-        train.save_model(result.model, f"{model_dir}/{train.MODEL_FILE}")
-        write_json(f"{model_dir}/model.json", {"variant": variant, "family": model_params.family,
+        train.save_model(result.model, model_file(variant))
+        write_json(f"{model_dir(variant)}/{MODEL_INFO}", {"variant": variant, "family": model_params.family,
                                                "targets": list(dataset.targets), "size": params.image.size})
         with atomic_path(history_csv) as tmp:
             tmp.write_text(train.history_rows_to_csv(result.history))
-        plot_path = plot_history(result.history, f"reports/{variant}/history.png", title=f"{variant}: training")
+        plot_path = plot_history(result.history, f"{variant_reports(variant)}/history.png", title=f"{variant}: training")
         val = dataset.splits["val"]
         summary = {"best_epoch": result.best["epoch"], "train_loss": result.best["loss"],
                    "train_auroc": result.best["auroc"], "val_loss": result.best["val_loss"],
@@ -58,12 +57,12 @@ def main() -> None:
                    "val_prediction_spread": prediction_spread(result.val_predictions),
                    "collapsed": is_collapsed(result.val_predictions), "epochs_run": result.epochs_run,
                    "train_images": len(dataset.splits["train"]), "val_images": len(val)}
-        write_json(f"metrics/train/{variant}.json", summary)
+        write_json(stage_metrics("train", variant), summary)
         # Timings are facts about this machine, not results: kept out of `dvc metrics`.
         timing = {"seconds": round(result.seconds, 2), "images_per_second": round(result.images_per_second, 1)}
-        write_json(f"reports/timings/train/{variant}.json", timing)
+        write_json(timings("train", variant), timing)
         run.finish(lambda mlflow: tracking.log_trained_model(
-            mlflow, result.model, f"{model_dir}/{train.MODEL_FILE}", {**summary, **timing},
+            mlflow, result.model, model_file(variant), {**summary, **timing},
             artifacts=[plot_path, history_csv]))
     collapsed = " COLLAPSED (near-constant predictions)" if summary["collapsed"] else ""
     print(f"train@{variant}: best epoch {summary['best_epoch']} of {summary['epochs_run']}, "

@@ -64,19 +64,33 @@ def _only_reexports(path: Path) -> bool:
     return all(plain(node) for node in ast.parse(path.read_text()).body)
 
 
-def test_every_stage_lists_the_library_files_it_runs():
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    missing = []
-    for name, stage in stages.items():
+def _stages():
+    """``(name, script, deps)`` for every stage of dvc.yaml (a foreach counted once)."""
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
         body = stage.get("do", stage)
-        script = next(w for w in body["cmd"].split() if w.endswith(".py"))
-        deps = [str(d) for d in body["deps"]]
+        yield name, next(w for w in body["cmd"].split() if w.endswith(".py")), [str(d) for d in body["deps"]]
+
+
+def test_every_stage_lists_the_library_files_it_runs():
+    missing = []
+    for name, script, deps in _stages():
         assert script in deps, f"{name}: its own script {script} is not a dep"
         for path in sorted(library_files(ROOT / script)):
             rel = str(path.relative_to(ROOT))
             if not _only_reexports(path) and not any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps):
                 missing.append(f"{name}: {rel}")
     assert missing == [], "dvc.yaml deps miss code the stage runs: " + "; ".join(missing)
+
+
+def test_no_stage_depends_on_library_code_it_never_runs():
+    extra = []
+    for name, script, deps in _stages():
+        runs = {str(p.relative_to(ROOT)) for p in library_files(ROOT / script)}
+        for dep in deps:
+            if dep.startswith("src/") and not any(r == dep or r.startswith(dep.rstrip("/") + "/") for r in runs):
+                extra.append(f"{name}: {dep}")
+    assert extra == [], "dvc.yaml deps name code the stage never runs (a change there reruns it for nothing): " \
+        + "; ".join(extra)
 
 
 def test_the_import_walk_follows_packages_and_function_level_imports():

@@ -140,3 +140,35 @@ def test_heat_in_box_by_hand():
     assert heat_in_box(cam, (0, 0, 256, 256)) == 1.0
     assert heat_in_box(cam, (0, 0, 128, 256)) == 0.5
     assert heat_in_box(np.zeros((8, 8)), (0, 0, 10, 10)) is None
+
+
+def test_fbeta_threshold_is_the_brute_force_maximum_lowest_on_ties():
+    """precision_recall_curve gives what trying every unique score gives, ties included."""
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        n = int(rng.integers(2, 60))
+        y = rng.random(n) < rng.random()
+        score = np.round(rng.random(n), int(rng.integers(1, 4)))   # coarse scores: many ties
+        for beta in (0.5, 1.0, 3.0):
+            f = {float(t): fbeta(**{k: v for k, v in confusion(y, score, t).items() if k != "tn"}, beta=beta)
+                 for t in np.unique(score)}
+            best = max(f.values())
+            assert choose_threshold(y, score, "fbeta", beta) == min(t for t, v in f.items() if v == best)
+
+
+def test_curve_tables_agree_with_the_metrics_they_plot():
+    from sklearn.metrics import auc
+    from cxr.evaluate import curve_tables
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, (60, 3))
+    p = np.clip(y * 0.3 + rng.random((60, 3)) * 0.7, 0, 1)
+    result = evaluate_predictions(["a", "b", "c"], y, p, np.arange(60), y, p, threshold="youden", beta=3.0,
+                                  min_positives=1, bootstrap=20, seed=0)
+    tables, abnormal = curve_tables(result["curves"]), result["metrics"]["abnormal"]
+    assert set(tables) == {"roc", "pr", "calibration", "triage", "confusion"}
+    assert auc(tables["roc"]["fpr"], tables["roc"]["tpr"]) == pytest.approx(abnormal["auroc"])
+    confusion_counts = tables["confusion"].value_counts().to_dict()
+    c = abnormal["at_threshold"]["confusion"]
+    assert confusion_counts.get(("abnormal", "abnormal"), 0) == c["tp"]
+    assert confusion_counts.get(("normal", "abnormal"), 0) == c["fp"]
+    assert len(tables["confusion"]) == 60 and tables["pr"]["recall"].iloc[-1] == 0.0

@@ -32,7 +32,7 @@ def test_every_variant_is_exported_with_parity_metrics(tiny_project):
 
 def test_tflite_outputs_match_keras_on_test_images(tiny_project, small_dataset):
     from cxr.export import TFLiteModel
-    from cxr.train import load_model, predict
+    from cxr.inference import load_model, predict
     images = small_dataset.images("test")[:16]
     # int8 on cnn only: the tiny from-scratch MobileNet's int8 export tracks Keras poorly
     # (correlation 0.62 measured); export's parity metrics report that, this test does not hide it.
@@ -50,7 +50,7 @@ def test_int8_calibrated_on_training_pixels_tracks_keras(small_dataset, tmp_path
     constant outputs; ours must follow the float model image by image."""
     from cxr.export import TFLiteModel, export_tflite
     from cxr.models import build_model
-    from cxr.train import predict
+    from cxr.inference import predict
     model = build_model("cnn", 32, 14, dropout=0.5)
     head = model.get_layer("probabilities")  # widen the head so outputs span 0..1, as a trained model's do
     kernel, bias = head.get_weights()
@@ -73,7 +73,7 @@ def test_coreml_spec_has_gray_image_input_scale_one_and_named_output(tiny_projec
     assert spec["outputs"] == ["probabilities"] and spec["classes"] == list(FINDINGS)
     # The Keras model rescales inside, so Core ML must pass pixels through unscaled.
     assert spec["input_scale"] == 1.0
-    from cxr.train import load_model
+    from cxr.inference import load_model
     assert load_model(tiny_project / "models" / "cnn" / "model.keras").get_layer("rescale").scale == 1 / 255
 
 

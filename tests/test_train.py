@@ -11,8 +11,9 @@ import yaml
 
 from conftest import ROOT
 from cxr.params import parse_params
-from cxr.train import (WeightedBinaryCrossentropy, augmentation, balanced_class_weights, load_model,
-                       make_dataset, predict, save_model, train_model)
+from cxr.inference import load_model, predict
+from cxr.train import (WeightedBinaryCrossentropy, augmentation, balanced_class_weights, make_dataset, save_model,
+                       train_model)
 
 PARAMS = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
 NO_AUGMENT = dataclasses.replace(PARAMS.train.augment, rotation=0, shift=0, zoom=0, shear=0, horizontal_flip=False)

@@ -160,14 +160,17 @@ def choose_threshold(y: np.ndarray, score: np.ndarray, method: str | float, beta
         best = int(np.argmax(tpr - fpr))
         return float(min(thresholds[best], 1.0))
     if method == "fbeta":
-        candidates = np.unique(score)
-        best_t, best_f = 0.5, -1.0
-        for t in candidates:
-            c = confusion(y, score, t)
-            f = fbeta(c["tp"], c["fp"], c["fn"], beta)
-            if f > best_f:
-                best_t, best_f = float(t), f
-        return best_t
+        if not y.any():  # F-beta is 0 at every threshold: flag nothing below the lowest score
+            return float(score.min())
+        from sklearn.metrics import precision_recall_curve
+        precision, recall, thresholds = precision_recall_curve(y, score)
+        b2 = beta * beta
+        denominator = b2 * precision + recall
+        f = np.divide((1 + b2) * precision * recall, denominator, out=np.zeros_like(denominator),
+                      where=denominator > 0)
+        f = f[:-1]  # the last point (recall 0) has no threshold
+        # Ties (equal F at several thresholds, up to rounding): the lowest, i.e. the most sensitive.
+        return float(thresholds[np.flatnonzero(f >= f.max() - 1e-12)[0]])
     raise ValueError(f"unknown threshold method {method!r}")
 
 
@@ -297,3 +300,21 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
             out[prefix[:-1]] = float(node)
     walk(metrics, "")
     return out
+
+
+def curve_tables(curves: dict) -> dict[str, "pd.DataFrame"]:
+    """The abnormal score's curves as the tables `dvc plots` reads (``<name>.csv``):
+    ROC, precision-recall, calibration, triage, and per-image actual/predicted."""
+    import pandas as pd
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    truth, score, threshold = curves["truth"], curves["score"], curves["threshold"]
+    fpr, tpr, _ = roc_curve(truth, score)
+    precision, recall, _ = precision_recall_curve(truth, score)
+    names = np.array(["normal", "abnormal"])
+    return {"roc": pd.DataFrame({"fpr": fpr, "tpr": tpr}),
+            "pr": pd.DataFrame({"recall": recall, "precision": precision}),
+            "calibration": pd.DataFrame(curves["reliability"]),
+            "triage": pd.DataFrame(curves["triage"]),
+            "confusion": pd.DataFrame({"actual": names[truth.astype(int)],
+                                       "predicted": names[(score >= threshold).astype(int)]})}

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.errors import CxrError
 from cxr.outputs import atomic_path
+
+
+class GradCamError(CxrError):
+    """Box data that cannot be used."""
 
 
 def _last_conv(model) -> str:
@@ -79,6 +84,42 @@ def heat_in_box(cam: np.ndarray, box: tuple[float, float, float, float], source_
     x0, y0 = max(int(np.floor(x)), 0), max(int(np.floor(y)), 0)
     x1, y1 = min(int(np.ceil(x + w)), cam.shape[1]), min(int(np.ceil(y + h)), cam.shape[0])
     return float(cam[y0:y1, x0:x1].sum() / total)
+
+
+BOX_COLUMNS = ["Image Index", "Finding Label", "x", "y", "w", "h"]
+
+
+def read_boxes(path: str | os.PathLike):
+    """NIH's radiologist boxes (``BBox_List_2017.csv``) as a frame with ``BOX_COLUMNS``."""
+    import pandas as pd
+
+    boxes = pd.read_csv(path)
+    if boxes.shape[1] < len(BOX_COLUMNS):
+        raise GradCamError(f"{path}: expected {len(BOX_COLUMNS)} columns (image, finding, x, y, w, h), "
+                           f"got {boxes.shape[1]}")
+    boxes = boxes.iloc[:, :len(BOX_COLUMNS)]  # the NIH file has empty trailing columns
+    boxes.columns = BOX_COLUMNS
+    return boxes
+
+
+def choose_heatmap_images(names: list[str], boxed: set[str], count: int, seed: int) -> list[int]:
+    """Indices of ``count`` images to explain: those with radiologist boxes first (their
+    heatmaps can be scored), then a seeded random order of the rest."""
+    with_boxes = [i for i, n in enumerate(names) if n in boxed]
+    rng = np.random.default_rng(seed)
+    others = [int(i) for i in rng.permutation(len(names)) if names[i] not in boxed]
+    return (with_boxes + others)[:count]
+
+
+def localization(cams: dict[str, np.ndarray], boxes) -> dict:
+    """Mean share of heatmap mass inside the radiologists' boxes, over every box of the
+    explained images (``cams``: image name -> heatmap)."""
+    scores = [heat_in_box(cam, (box.x, box.y, box.w, box.h))
+              for name, cam in cams.items() for box in boxes[boxes["Image Index"] == name].itertuples()]
+    scores = [s for s in scores if s is not None]
+    return {"heatmaps": len(cams), "boxes_scored": len(scores),
+            "mean_heat_in_box": float(np.mean(scores)) if scores else None,
+            "note": "boxes exist only for NIH official-test images"}
 
 
 def save_overlay(image: np.ndarray, cam: np.ndarray, path: str | os.PathLike, title: str) -> Path:

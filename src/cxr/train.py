@@ -8,7 +8,6 @@ import time
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -17,17 +16,11 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from cxr.data.dataset import Dataset, Subset  # noqa: E402
-from cxr.errors import CxrError, first_line  # noqa: E402
 from cxr.evaluate import binary_crossentropy, mean_auroc  # noqa: E402
 from cxr.models import MODELS, build_model  # noqa: E402
 from cxr.outputs import atomic_path  # noqa: E402
 from cxr.params import AugmentParams, ModelParams, TrainParams  # noqa: E402
 
-MODEL_FILE = "model.keras"
-
-
-class ModelFileError(CxrError):
-    """A model file that is missing, truncated or not a Keras model."""
 
 
 # --- determinism ---
@@ -345,28 +338,6 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> None:
                 entry.compress_type = zipfile.ZIP_DEFLATED
                 dst.writestr(entry, data)
         raw.unlink()
-
-
-def load_model(path: str | os.PathLike) -> keras.Model:
-    """The saved model; a truncated or foreign file is one line (Keras calls it 'File not found')."""
-    path = Path(path)
-    restore = "restore it with `dvc checkout` or `dvc repro`"
-    try:
-        with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise ModelFileError(f"{path}: not a complete .keras file ({e}); {restore}") from None
-    if bad is not None:
-        raise ModelFileError(f"{path}: corrupt .keras file (bad CRC in {bad}); {restore}")
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as e:  # Keras raises many types for a file it cannot rebuild a model from
-        raise ModelFileError(f"{path}: Keras cannot load it ({first_line(e)}); {restore}") from None
-
-
-def predict(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Probabilities for ``(n, s, s, 1)`` uint8 or float images in 0..255."""
-    return model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
 
 
 def history_rows_to_csv(rows: list[dict]) -> str:

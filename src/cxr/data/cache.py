@@ -26,9 +26,8 @@ import pandas as pd
 
 from cxr.data.images import ImageReadError, read_image, resize_image
 from cxr.outputs import atomic_path
+from cxr.paths import CACHE_IMAGES_FILE, CACHE_INDEX_FILE
 
-IMAGES_FILE = "images.npy"
-INDEX_FILE = "index.csv"
 
 
 class CacheError(CxrError):
@@ -64,7 +63,7 @@ def build_cache(paths: Sequence[str | os.PathLike], size: int, workers: int, out
     bad: dict[str, str] = {}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        pixels = np.lib.format.open_memmap(tmp / IMAGES_FILE, mode="w+", dtype=np.uint8,
+        pixels = np.lib.format.open_memmap(tmp / CACHE_IMAGES_FILE, mode="w+", dtype=np.uint8,
                                            shape=(len(paths), size, size))
         jobs = [(p, size) for p in paths]
         chunk = max(1, min(64, len(jobs) // (workers * 8) or 1))
@@ -95,7 +94,7 @@ def build_cache(paths: Sequence[str | os.PathLike], size: int, workers: int, out
                 f"resize.max_bad_fraction {max_bad_fraction}; first: {first[0]}: {first[1]}")
         index = pd.DataFrame({"Image Index": names, "row": np.arange(len(names))})
         index = index[~index["Image Index"].isin(bad)]
-        index.to_csv(tmp / INDEX_FILE, index=False, lineterminator="\n")
+        index.to_csv(tmp / CACHE_INDEX_FILE, index=False, lineterminator="\n")
     return {"images": len(paths), "cached": len(paths) - len(bad), "excluded": len(bad),
             "excluded_images": dict(sorted(bad.items())), "size": size}
 
@@ -104,8 +103,8 @@ def load_cache(cache_dir: str | os.PathLike) -> tuple[np.ndarray, pd.DataFrame]:
     """Memory-mapped ``(N, size, size)`` uint8 pixels and the ``Image Index -> row`` index."""
     cache_dir = Path(cache_dir)
     try:
-        pixels = np.load(cache_dir / IMAGES_FILE, mmap_mode="r")
-        index = pd.read_csv(cache_dir / INDEX_FILE)
+        pixels = np.load(cache_dir / CACHE_IMAGES_FILE, mmap_mode="r")
+        index = pd.read_csv(cache_dir / CACHE_INDEX_FILE)
     except FileNotFoundError as e:
         raise CacheError(f"{e.filename}: missing; run the resize stage (dvc repro resize)") from None
     return pixels, index

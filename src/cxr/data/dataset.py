@@ -39,10 +39,6 @@ class Dataset:
     targets: tuple[str, ...]
     splits: dict[str, Subset]
 
-    @property
-    def size(self) -> int:
-        return int(self.pixels.shape[1])
-
     def images(self, split: str) -> np.ndarray:
         """All pixels of a split, in memory, as ``(n, size, size, 1)`` uint8."""
         return np.asarray(self.pixels[self.splits[split].rows])[..., None]

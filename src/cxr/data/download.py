@@ -21,9 +21,9 @@ import pandas as pd
 from cxr.data.metadata import normalize_metadata, read_metadata
 from cxr.errors import CxrError, first_line
 from cxr.outputs import atomic_path, write_csv
+from cxr.paths import METADATA_FILE
 
 KAGGLE_DATASETS = {"kaggle-sample": "nih-chest-xrays/sample", "kaggle-full": "nih-chest-xrays/data"}
-METADATA_FILE = "Data_Entry_2017.csv"
 # What the metadata is called inside each Kaggle archive.
 _ARCHIVE_METADATA = ("Data_Entry_2017.csv", "sample_labels.csv", "Data_Entry_2017_v2020.csv")
 BUNDLED_METADATA = "meta/Data_Entry_2017_v2020.csv.gz"

@@ -17,7 +17,6 @@ import struct
 import warnings
 import zlib
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError

@@ -55,12 +55,6 @@ def parse_age(value) -> float:
     return float(m.group(1)) * _AGE_UNIT[m.group(2).upper()] if m else float("nan")
 
 
-def split_findings(labels: str) -> list[str]:
-    """``'Effusion|Mass'`` -> ``['Effusion', 'Mass']``; ``'No Finding'`` -> ``[]``."""
-    names = [n.strip() for n in str(labels).split("|") if n.strip()]
-    return [n for n in names if n != NO_FINDING]
-
-
 def normalize_metadata(df: pd.DataFrame, source: str = "metadata") -> pd.DataFrame:
     """Normalize column names and values, and validate; see ``read_metadata``."""
     df = df.rename(columns=lambda c: _ALIASES.get(str(c).strip(), str(c).strip()))

@@ -119,13 +119,17 @@ def official_split(df: pd.DataFrame, test_images: Iterable[str], val_size: float
     return split
 
 
+def leaking_patients(patients: pd.Series, split: pd.Series) -> pd.Index:
+    """Patients with images in more than one split."""
+    per_patient = pd.DataFrame({"p": patients.to_numpy(), "s": split.to_numpy()}).groupby("p")["s"].nunique()
+    return per_patient.index[per_patient > 1]
+
+
 def assert_patient_disjoint(patients: pd.Series, split: pd.Series) -> None:
     """Raise ``SplitError`` if any patient has images in two splits."""
-    per_patient = pd.DataFrame({"p": patients.to_numpy(), "s": split.to_numpy()}).groupby("p")["s"].nunique()
-    leaked = per_patient[per_patient > 1]
+    leaked = leaking_patients(patients, split)
     if len(leaked):
-        raise SplitError(f"split: patient {leaked.index[0]} is in more than one split "
-                         f"({len(leaked)} leaking patients)")
+        raise SplitError(f"split: patient {leaked[0]} is in more than one split ({len(leaked)} leaking patients)")
 
 
 def split_summary(table: pd.DataFrame, split: pd.Series) -> dict:

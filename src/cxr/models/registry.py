@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Callable
 

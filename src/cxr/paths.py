@@ -1,0 +1,50 @@
+"""Where the pipeline's files live, relative to the project root, named once.
+
+dvc.yaml names the same paths for DVC; stages, ``cxr predict`` and the report
+take them from here.
+"""
+from __future__ import annotations
+
+RAW = "data/raw"                                   # download's output: images/ + metadata CSV
+RAW_IMAGES = f"{RAW}/images"
+METADATA_FILE = "Data_Entry_2017.csv"            # NIH's name, also inside Kaggle's archives
+RAW_METADATA = f"{RAW}/{METADATA_FILE}"
+BUNDLED = "data/sample"                            # the real NIH sample shipped with the project
+BOXES = f"{BUNDLED}/meta/BBox_List_2017.csv.gz"    # radiologists' boxes (Grad-CAM localization)
+OFFICIAL_TEST = f"{BUNDLED}/meta/test_list.txt.gz"
+LABELS = "data/labels.csv"
+SPLITS = "data/splits.csv"
+CACHE = "data/cache"                               # resized uint8 images (memory-mapped)
+CACHE_IMAGES_FILE, CACHE_INDEX_FILE = "images.npy", "index.csv"
+
+MODELS = "models"
+MODEL_FILE = "model.keras"
+MODEL_INFO = "model.json"                          # variant, family, targets, size: written by train
+METRICS = "metrics"
+REPORTS = "reports"
+
+
+def model_dir(variant: str) -> str:
+    return f"{MODELS}/{variant}"
+
+
+def model_file(variant: str) -> str:
+    return f"{MODELS}/{variant}/{MODEL_FILE}"
+
+
+def export_dir(variant: str) -> str:
+    return f"{MODELS}/{variant}/export"
+
+
+def stage_metrics(stage: str, variant: str | None = None, suffix: str = ".json") -> str:
+    """``metrics/<stage>.json``, or ``metrics/<stage>/<variant>.json`` for per-variant stages."""
+    return f"{METRICS}/{stage}{suffix}" if variant is None else f"{METRICS}/{stage}/{variant}{suffix}"
+
+
+def variant_reports(variant: str) -> str:
+    return f"{REPORTS}/{variant}"
+
+
+def timings(stage: str, variant: str) -> str:
+    """Machine facts (seconds, images/s): logs, not DVC outputs."""
+    return f"{REPORTS}/timings/{stage}/{variant}.json"
