@@ -6,7 +6,7 @@ PYTHON ?= python3
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install browser-deps repro test pr-report check-repro bench bench-load clean
+.PHONY: install browser-deps repro test test-fast pr-report check-repro bench bench-load clean
 
 BASE ?= main
 
@@ -33,6 +33,10 @@ tests/browser/node_modules/.installed: tests/browser/package.json tests/browser/
 
 test: install browser-deps
 	$(BIN)/pytest
+
+# The unit tier only (library functions on real inputs; no stages, training runs or servers).
+test-fast: install
+	$(BIN)/pytest -m unit
 
 # Markdown for a pull-request comment: params/metrics diff against $(BASE).
 pr-report: install

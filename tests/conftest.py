@@ -29,6 +29,20 @@ def sample_images() -> list[Path]:
     return sorted((BUNDLED / "images").glob("*.png"))
 
 
+# A test using one of these runs stages, trains, or serves: the `pipeline` tier.
+PIPELINE_FIXTURES = {"project", "tiny_project", "small_data_dir", "small_dataset", "predictor", "client", "server",
+                     "held_stages"}
+
+
+def pytest_collection_modifyitems(items):
+    """Tiers by what a test needs (`make test-fast` runs `-m unit`); a tier marked by hand stays."""
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in ("unit", "pipeline", "browser")):
+            continue
+        tier = "pipeline" if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())) else "unit"
+        item.add_marker(getattr(pytest.mark, tier))
+
+
 def project_env(project: Path) -> dict:
     """Environment for running stages in a temp project: its own src, the venv's tools."""
     env = dict(os.environ)

@@ -237,6 +237,7 @@ def test_twenty_concurrent_requests_get_their_own_answers(server):
         assert result == expected[path.name]
 
 
+@pytest.mark.browser
 def test_page_in_headless_chromium_shows_findings_and_heatmap(server, tmp_path):
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     assert Path(chromium).exists() and (BROWSER_DIR / "node_modules" / "playwright-core").is_dir(), \

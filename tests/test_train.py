@@ -98,6 +98,7 @@ save_model(build_model("mobilenet", 32, 14, 0.2), sys.argv[1])
 """
 
 
+@pytest.mark.pipeline  # two fresh TensorFlow processes
 def test_the_same_model_saved_by_two_processes_has_the_same_bytes(tmp_path):
     """Keras writes memory addresses (shared_object_id) into config.json; save_model renumbers them."""
     paths = [tmp_path / f"{i}.keras" for i in range(2)]
