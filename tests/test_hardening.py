@@ -169,8 +169,33 @@ def test_split_and_resize_stages_are_byte_identical_when_rerun(project):
         assert (project / path).read_bytes() == data, path
 
 
-def test_training_survives_an_mlflow_store_locked_by_another_process(project, tmp_path, held_stages):
+def _lock_sqlite(db) -> subprocess.Popen:
+    """A second process holding SQLite's exclusive lock on ``db`` until its stdin closes."""
     import sys
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys\n"
+                               "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                               "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.read()",
+                               str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_evaluation_with_a_locked_mlflow_store_writes_its_outputs_and_warns(project, held_stages):
+    edit_params(project, tiny_params)
+    run(["dvc", "repro", "train@cnn"], project)          # creates mlflow.db with the training run
+    holder = _lock_sqlite(project / "mlflow.db")
+    held_stages.append(holder)
+    proc = run(["python", "stages/evaluate.py", "cnn"], project, check=False)
+    holder.stdin.close()
+    holder.wait(timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [warning] = [line for line in proc.stderr.splitlines() if line.startswith("evaluate: warning:")]
+    assert "the evaluation of cnn was not logged (" in warning and "database is locked" in warning
+    assert json.loads((project / "metrics" / "eval" / "cnn.json").read_text())["abnormal"]["auroc"] is not None
+    assert "Traceback" not in proc.stderr
+
+
+def test_training_survives_an_mlflow_store_locked_by_another_process(project, tmp_path, held_stages):
     import threading
 
     import mlflow
@@ -186,12 +211,8 @@ def test_training_survives_an_mlflow_store_locked_by_another_process(project, tm
     _wait_until_held(proc, tmp_path / "gate")
     # A second process takes SQLite's exclusive lock on the store, as a long `mlflow gc` or a
     # second writer would; then the stage moves on.
-    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys\n"
-                               "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-                               "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.read()",
-                               str(project / "mlflow.db")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = _lock_sqlite(project / "mlflow.db")
     held_stages.append(holder)
-    assert holder.stdout.readline().strip() == "locked"
     open(tmp_path / "gate" / "gate", "w").close()   # release the stage
     stderr = []
     for line in proc.stderr:                         # until the stage says the store failed

@@ -93,8 +93,8 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def _warn(message: str) -> None:
-    print(f"train: warning: {message}", file=sys.stderr, flush=True)
+def _warn(message: str, stage: str = "train") -> None:
+    print(f"{stage}: warning: {message}", file=sys.stderr, flush=True)
 
 
 class TrainingRun:
@@ -161,9 +161,12 @@ class TrainingRun:
 
 @functools.cache
 def _failures() -> tuple[type[BaseException], ...]:
-    """What a failing store raises (MLflow wraps SQL and HTTP errors in MlflowException)."""
+    """What a failing store raises: MLflow wraps most SQL and HTTP errors in MlflowException,
+    but a connection that cannot even be checked out (a locked SQLite file) surfaces as
+    SQLAlchemy's own error."""
     from mlflow.exceptions import MlflowException
-    return (MlflowException, OSError)
+    from sqlalchemy.exc import SQLAlchemyError
+    return (MlflowException, SQLAlchemyError, OSError)
 
 
 @contextmanager
@@ -233,15 +236,26 @@ def find_training_run(variant: str, model_path: str | os.PathLike, uri: str | No
 
 
 def log_evaluation(variant: str, model_path: str | os.PathLike, metrics: dict[str, float], params: dict,
-                   artifacts: Iterable[str | os.PathLike] = (), uri: str | None = None) -> str:
+                   artifacts: Iterable[str | os.PathLike] = (), uri: str | None = None) -> str | None:
     """Log an evaluation as a child run of the training run of this exact model file.
 
     The child holds the evaluate params (MLflow params are immutable, and each
     evaluation may use other ones), the test metrics and the pictures; the
     training run also gets the latest test metrics, so one view shows a model's
     training and its test results. Without a training run (store reset), a
-    new top-level run tagged the same way. Returns the child's run ID.
+    new top-level run tagged the same way. Returns the child's run ID; None,
+    with one warning line, if the store fails (an ``mlflow.db`` locked by
+    another process): the stage's outputs are written before and stand.
     """
+    try:
+        return _log_evaluation(variant, model_path, metrics, params, artifacts, uri)
+    except _failures() as e:
+        _warn(f"MLflow: the evaluation of {variant} was not logged ({first_line(e)}); its metrics and plots "
+              "are written", stage="evaluate")
+        return None
+
+
+def _log_evaluation(variant, model_path, metrics, params, artifacts, uri) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(uri or tracking_uri())
