@@ -216,15 +216,9 @@ def test_a_request_that_waits_past_the_timeout_for_a_slot_gets_503(predictor):
 
 
 def _http_predict(url: str, path: Path) -> dict:
-    import urllib.request
-    boundary = "cxrboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + path.read_bytes() + \
-        f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(url + "/api/predict", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    with urllib.request.urlopen(request, timeout=120) as r:
-        return json.loads(r.read())
+    status, answer = _post_raw(url, path.name, path.read_bytes())
+    assert status == 200, answer
+    return answer
 
 
 def test_twenty_concurrent_requests_get_their_own_answers(server):

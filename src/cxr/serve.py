@@ -130,13 +130,13 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits(), hosts:
         if upload is None:
             return error(400, "no file: send multipart/form-data with a 'file' field")
         name = (upload.filename or "upload")[:200]
+        heatmap = request.args.get("heatmap") == "1"  # read here: the request context stays on this thread
         started = threading.Event()
 
         def job():
             started.set()
-            return analyse(upload, name, request_heatmap)
+            return analyse(upload, name, heatmap)
 
-        request_heatmap = request.args.get("heatmap") == "1"
         future = decoders.submit(job)
         if not started.wait(limits.timeout) and future.cancel():
             return error(503, "server busy: try again shortly")[0], 503, {"Retry-After": "5"}
