@@ -3,10 +3,10 @@
 Store: ``MLFLOW_TRACKING_URI`` when set, else ``mlflow.db`` (SQLite) at the
 repository root (gitignored; never a DVC output), the same file for
 ``dvc repro`` and for ``dvc exp run --temp`` / ``--queue`` runs, which execute
-in a copy under ``.dvc/tmp/exps/`` but get the repository in ``DVC_ROOT``. Runs are linked to models by
-content: every training run is tagged with the sha256 of the model file it
-produced, and evaluation logs into the newest run with that tag, so no run
-ID has to live in a DVC output (which would change its hash every run).
+in a temporary copy inside ``.dvc`` but get the repository in ``DVC_ROOT``.
+Runs are linked to models by content: every training run is tagged with the
+sha256 of the model file it produced, and evaluation logs into the newest run
+with that tag, so no run ID has to live in a DVC output (which would change its hash every run).
 """
 from __future__ import annotations
 
