@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -32,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import make_project, project_env  # noqa: E402
 
 from cxr.data.cache import build_cache  # noqa: E402
-from cxr.data.images import read_image, resize_image  # noqa: E402
+from cxr.data.images import read_image  # noqa: E402
 from cxr.params import load_params  # noqa: E402
 
 TARGETS = {"resize_vs_single": 1.8, "resize_vs_decode_limit": 0.85, "feed_vs_keras": 5.0,

@@ -33,21 +33,23 @@ def main() -> None:
     test_p, val_p = predict(model, test_images), predict(model, data.images("val"))
     result = evaluate_predictions(data.targets, test.y, test_p, test.patients, val.y, val_p,
                                   threshold=ep.threshold, beta=ep.beta, min_positives=ep.min_positives,
-                                  bootstrap=ep.bootstrap, seed=ep.seed)
+                                  bootstrap=ep.bootstrap, seed=ep.seed, decision=params.labels.decision[0])
     metrics, curves = result["metrics"], result["curves"]
+    names = params.labels.decision            # e.g. ("abnormal", "normal"), ("Infiltration", "no Infiltration")
+    decision = metrics[names[0]]
     out = variant_reports(variant)
     truth, score, t = curves["truth"], curves["score"], curves["threshold"]
 
-    for name, table in curve_tables(curves).items():   # plot data for `dvc plots`
+    for name, table in curve_tables(curves, names).items():   # plot data for `dvc plots`
         write_csv(f"{out}/plots/{name}.csv", table)
     pictures = [
         plots.plot_roc(test.y, test_p, list(data.targets), f"{out}/roc.png", f"{variant}: test ROC per class"),
-        plots.plot_pr(truth, score, f"{out}/pr.png", f"{variant}: abnormal vs normal"),
-        plots.plot_calibration(curves["reliability"], metrics["abnormal"]["ece"], f"{out}/calibration.png",
-                               f"{variant}: calibration of the abnormal score"),
-        plots.plot_triage(curves["triage"], t, f"{out}/triage.png", f"{variant}: triage"),
-        plots.plot_confusion(metrics["abnormal"]["at_threshold"]["confusion"], f"{out}/confusion.png",
-                             f"{variant}: at the val-chosen threshold"),
+        plots.plot_pr(truth, score, f"{out}/pr.png", f"{variant}: {names[0]} vs {names[1]}"),
+        plots.plot_calibration(curves["reliability"], decision["ece"], f"{out}/calibration.png",
+                               f"{variant}: calibration of the {names[0]} score", names[0]),
+        plots.plot_triage(curves["triage"], t, f"{out}/triage.png", f"{variant}: triage", names),
+        plots.plot_confusion(decision["at_threshold"]["confusion"], f"{out}/confusion.png",
+                             f"{variant}: at the val-chosen threshold", names),
     ]
 
     # Grad-CAM on a seeded choice of test images, those with radiologist boxes first.
@@ -60,15 +62,15 @@ def main() -> None:
             for cam, i in zip(gradcam.grad_cam(model, test_images[chosen]), chosen):
                 cams[test.names[i]] = cam
                 gradcam.save_overlay(test_images[i], cam, tmp / test.names[i],
-                                     f"{test.names[i]}  abnormal score {score[i]:.2f}")
+                                     f"{test.names[i]}  {names[0]} score {score[i]:.2f}")
     metrics["localization"] = gradcam.localization(cams, boxes)
     write_json(stage_metrics("eval", variant), metrics)
-    tracking.log_evaluation(variant, model_path, flat_metrics(metrics), dataclasses.asdict(ep),
-                            artifacts=pictures, uri=uri)
-    a = metrics["abnormal"]
+    tracking.log_model_stage("evaluate", variant, model_path, flat_metrics(metrics), dataclasses.asdict(ep),
+                             artifacts=pictures, uri=uri)
+    a = decision
     mean = metrics["mean_auroc"]
     print(f"evaluate@{variant}: mean AUROC {mean if mean is None else round(mean, 4)} over "
-          f"{metrics['mean_auroc_classes']} classes; abnormal AUROC {a['auroc']:.4f}, threshold "
+          f"{metrics['mean_auroc_classes']} classes; {names[0]} AUROC {a['auroc']:.4f}, threshold "
           f"{a['at_threshold']['threshold']:.3f} ({a['threshold_method']} on val): sensitivity "
           f"{a['at_threshold']['sensitivity']:.3f}, specificity {a['at_threshold']['specificity']:.3f}")
 

@@ -1,6 +1,5 @@
 """Sources: bundled sample, and the Kaggle path against a local stand-in of the API."""
 import gzip
-import shutil
 import sys
 import zipfile
 import zlib

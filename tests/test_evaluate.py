@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cxr.evaluate import (abnormal_score, bootstrap_auroc, calibration, choose_threshold, confusion,
+from cxr.evaluate import (decision_score, bootstrap_auroc, calibration, choose_threshold, confusion,
                           evaluate_predictions, fbeta, flat_metrics, is_collapsed, mean_auroc, mean_auroc_interval,
                           operating_point, per_class_auroc, prediction_spread, triage_curve, weighted_auroc)
 from cxr.gradcam import heat_in_box
@@ -72,10 +72,10 @@ def test_weighted_auroc_equals_scikit_learn_with_sample_weights():
     assert np.isnan(weighted_auroc(np.zeros(10), rng.random(10), np.ones((1, 10))))[0]
 
 
-def test_abnormal_score_is_noisy_or():
+def test_decision_score_is_noisy_or():
     p = np.array([[0.5, 0.5], [0.0, 0.0], [1.0, 0.2]])
-    np.testing.assert_allclose(abnormal_score(p), [0.75, 0.0, 1.0])
-    np.testing.assert_allclose(abnormal_score(np.array([[0.3], [0.8]])), [0.3, 0.8])
+    np.testing.assert_allclose(decision_score(p), [0.75, 0.0, 1.0])
+    np.testing.assert_allclose(decision_score(np.array([[0.3], [0.8]])), [0.3, 0.8])
 
 
 def test_confusion_fbeta_and_operating_point_by_hand():
@@ -131,7 +131,7 @@ def test_calibration_and_triage_by_hand():
     assert [c["count"] for c in curve] == [1, 1, 2]
     rows = triage_curve(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]), points=11)
     at_half = next(r for r in rows if r["threshold"] == 0.5)
-    assert at_half == {"threshold": 0.5, "normals_skipped": 0.5, "abnormals_missed": 0.5}
+    assert at_half == {"threshold": 0.5, "negatives_skipped": 0.5, "positives_missed": 0.5}
 
 
 def test_heat_in_box_by_hand():

@@ -132,9 +132,10 @@ def mean_auroc_interval(y: np.ndarray, p: np.ndarray, patients: np.ndarray, roun
     return interval(bootstrap_aurocs(y, p, bootstrap_weights(patients, rounds, seed)).mean(axis=1))
 
 
-def abnormal_score(probabilities: np.ndarray) -> np.ndarray:
-    """Probability of any finding: the binary output itself, or for 14 finding
-    outputs the noisy-OR ``1 - prod(1 - p_i)`` (findings taken as independent)."""
+def decision_score(probabilities: np.ndarray) -> np.ndarray:
+    """The score thresholded for the yes/no decision: a binary task's output itself, or
+    for 14 finding outputs the probability of any finding, as the noisy-OR
+    ``1 - prod(1 - p_i)`` (findings taken as independent)."""
     p = np.asarray(probabilities, dtype=np.float64)
     if p.ndim == 1 or p.shape[1] == 1:
         return p.reshape(-1)
@@ -175,7 +176,7 @@ def choose_threshold(y: np.ndarray, score: np.ndarray, method: str | float, beta
 
 
 def confusion(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, int]:
-    """Counts at ``score >= threshold`` meaning abnormal."""
+    """Counts at ``score >= threshold`` meaning positive (abnormal)."""
     y = np.asarray(y).astype(bool)
     flagged = np.asarray(score) >= threshold
     return {"tp": int((flagged & y).sum()), "fp": int((flagged & ~y).sum()),
@@ -193,16 +194,16 @@ def operating_point(y: np.ndarray, score: np.ndarray, threshold: float, beta: fl
 
 
 def triage_curve(y: np.ndarray, score: np.ndarray, points: int = 101) -> list[dict]:
-    """For each threshold: share of normal exams a radiologist could skip
-    (scored below it) and share of abnormal exams that would be missed."""
+    """For each threshold: share of negative (e.g. normal) exams a radiologist could skip
+    (scored below it) and share of positive (e.g. abnormal) exams that would be missed."""
     y = np.asarray(y).astype(bool)
     score = np.asarray(score)
     rows = []
     for t in np.linspace(0, 1, points):
         below = score < t
         rows.append({"threshold": round(float(t), 4),
-                     "normals_skipped": float(below[~y].mean()) if (~y).any() else 0.0,
-                     "abnormals_missed": float(below[y].mean()) if y.any() else 0.0})
+                     "negatives_skipped": float(below[~y].mean()) if (~y).any() else 0.0,
+                     "positives_missed": float(below[y].mean()) if y.any() else 0.0})
     return rows
 
 
@@ -211,7 +212,7 @@ def baselines(y: np.ndarray, beta: float) -> dict:
     y = np.asarray(y).astype(bool)
     prevalence = float(y.mean())
     return {
-        "always_abnormal": {"sensitivity": 1.0, "specificity": 0.0, "auroc": 0.5,
+        "always_positive": {"sensitivity": 1.0, "specificity": 0.0, "auroc": 0.5,
                             "fbeta": fbeta(int(y.sum()), int((~y).sum()), 0, beta)},
         "prevalence": {"description": "flag at random with probability = prevalence",
                        "prevalence": prevalence, "sensitivity": prevalence, "specificity": 1 - prevalence,
@@ -239,11 +240,12 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> tuple[float, li
 def evaluate_predictions(targets: Sequence[str], test_y: np.ndarray, test_p: np.ndarray,
                          test_patients: np.ndarray, val_y: np.ndarray, val_p: np.ndarray, *,
                          threshold: str | float, beta: float, min_positives: int, bootstrap: int,
-                         seed: int) -> dict:
+                         seed: int, decision: str = "abnormal") -> dict:
     """Everything ``metrics/eval/<variant>.json`` reports, plus the curves to plot.
 
-    The abnormal threshold is chosen on ``val_*`` only; test data never
-    influences it. Ground truth "abnormal" is any positive target.
+    The decision (``abnormal``: any of the targets; for a binary task, its
+    target) is reported under its own name; its threshold is chosen on
+    ``val_*`` only, test data never influences it.
     """
     targets = list(targets)
     aurocs = per_class_auroc(test_y, test_p, targets, min_positives=1)
@@ -261,19 +263,20 @@ def evaluate_predictions(targets: Sequence[str], test_y: np.ndarray, test_p: np.
         if enough:
             counted.append(j)
 
-    truth, score = test_y.max(axis=1), abnormal_score(test_p)
-    val_truth, val_score = val_y.max(axis=1), abnormal_score(val_p)
+    truth, score = test_y.max(axis=1), decision_score(test_p)
+    val_truth, val_score = val_y.max(axis=1), decision_score(val_p)
     t = choose_threshold(val_truth, val_score, threshold, beta)
-    abnormal_auroc = per_class_auroc(truth[:, None], score[:, None], ["abnormal"])["abnormal"]
-    abnormal_ci = interval(bootstrap_aurocs(truth[:, None], score[:, None], weights)[:, 0])
+    decision_auroc = per_class_auroc(truth[:, None], score[:, None], [decision])[decision]
+    decision_ci = interval(bootstrap_aurocs(truth[:, None], score[:, None], weights)[:, 0])
     ece, reliability = calibration(truth, score)
     metrics = {
         "mean_auroc": float(np.mean([aurocs[targets[j]] for j in counted])) if counted else None,
         "mean_auroc_ci95": interval(rounds[:, counted].mean(axis=1)) if counted else None,
         "mean_auroc_classes": len(counted),
         "per_class": per_class,
-        "abnormal": {
-            "auroc": abnormal_auroc, "auroc_ci95": abnormal_ci,
+        "decision": decision,
+        decision: {
+            "auroc": decision_auroc, "auroc_ci95": decision_ci,
             "pr_auc": pr_auc(truth, score), "prevalence": float(truth.mean()),
             "threshold_method": threshold if isinstance(threshold, str) else "fixed",
             "threshold_source": "validation split",
@@ -302,16 +305,17 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
-def curve_tables(curves: dict) -> dict[str, "pd.DataFrame"]:
-    """The abnormal score's curves as the tables `dvc plots` reads (``<name>.csv``):
-    ROC, precision-recall, calibration, triage, and per-image actual/predicted."""
+def curve_tables(curves: dict, names: tuple[str, str] = ("abnormal", "normal")) -> dict[str, "pd.DataFrame"]:
+    """The decision score's curves as the tables `dvc plots` reads (``<name>.csv``):
+    ROC, precision-recall, calibration, triage, and per-image actual/predicted
+    (``names``: positive, negative)."""
     import pandas as pd
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     truth, score, threshold = curves["truth"], curves["score"], curves["threshold"]
     fpr, tpr, _ = roc_curve(truth, score)
     precision, recall, _ = precision_recall_curve(truth, score)
-    names = np.array(["normal", "abnormal"])
+    names = np.array([names[1], names[0]])
     return {"roc": pd.DataFrame({"fpr": fpr, "tpr": tpr}),
             "pr": pd.DataFrame({"recall": recall, "precision": precision}),
             "calibration": pd.DataFrame(curves["reliability"]),

@@ -161,6 +161,12 @@ class LabelsParams:
         """The label columns a model predicts, in output order."""
         return FINDINGS if self.task == "multilabel" else (self.target,)
 
+    @property
+    def decision(self) -> tuple[str, str]:
+        """``(positive, negative)`` names of the thresholded decision, e.g. ``('Infiltration', 'no Infiltration')``."""
+        from cxr.data.labels import decision_names
+        return decision_names(self.task, self.target)
+
 
 @dataclass(frozen=True)
 class SplitParams:

@@ -74,35 +74,36 @@ def plot_pr(y: np.ndarray, score: np.ndarray, path, title: str) -> Path:
     return _save(fig, path)
 
 
-def plot_calibration(curve: list[dict], ece: float, path, title: str) -> Path:
+def plot_calibration(curve: list[dict], ece: float, path, title: str, positive: str = "abnormal") -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="perfect")
     ax.plot([c["mean_predicted"] for c in curve], [c["fraction_positive"] for c in curve], "o-",
             label=f"model (ECE {ece:.3f})")
-    ax.set(xlabel="mean predicted probability", ylabel="observed share abnormal", title=title,
+    ax.set(xlabel="mean predicted probability", ylabel=f"observed share {positive}", title=title,
            xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def plot_triage(curve: list[dict], threshold: float, path, title: str) -> Path:
+def plot_triage(curve: list[dict], threshold: float, path, title: str,
+                names: tuple[str, str] = ("abnormal", "normal")) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot([c["abnormals_missed"] for c in curve], [c["normals_skipped"] for c in curve], "-")
-    ax.set(xlabel="share of abnormal exams missed", ylabel="share of normal exams skipped",
+    ax.plot([c["positives_missed"] for c in curve], [c["negatives_skipped"] for c in curve], "-")
+    ax.set(xlabel=f"share of {names[0]} exams missed", ylabel=f"share of {names[1]} exams skipped",
            title=f"{title} (threshold {threshold:.3f})", xlim=(0, 1), ylim=(0, 1))
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
-def plot_confusion(c: dict, path, title: str) -> Path:
+def plot_confusion(c: dict, path, title: str, names: tuple[str, str] = ("abnormal", "normal")) -> Path:
     plt = pyplot()
     matrix = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
     fig, ax = plt.subplots(figsize=(3.6, 3.2))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), v in np.ndenumerate(matrix):
         ax.text(j, i, str(v), ha="center", va="center")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["normal", "abnormal"], yticklabels=["normal", "abnormal"],
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=names[::-1], yticklabels=names[::-1],
            xlabel="predicted", ylabel="actual", title=title)
     return _save(fig, path)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from cxr.data.labels import ABNORMAL, decision_names
+
 # Published results on the FULL ChestX-ray14 dataset; never measured here.
 PUBLISHED = (
     ("Wang et al. 2017 (ChestX-ray8 paper)", "ResNet-50, ImageNet-pretrained", "official split", "~0.74"),
@@ -41,12 +43,13 @@ def summary_markdown(evals: Mapping[str, dict], trains: Mapping[str, dict], expo
                   "(the model ignores the image); its AUROCs are ties, not skill. `cxr predict` and `cxr serve` "
                   "never choose it by default.**", ""]
 
-    lines += ["## Abnormal vs normal (triage view, test split)", "",
+    positive, negative = decision_names("binary", evals[variants[0]]["decision"] if variants else ABNORMAL)
+    lines += [f"## {positive[0].upper() + positive[1:]} vs {negative} (triage view, test split)", "",
               "| variant | AUROC (95% CI) | threshold (from val) | sensitivity | specificity | F-beta | ECE | "
               "val AUROC (train) | epochs |",
               "|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
-        a = evals[v]["abnormal"]
+        a = evals[v][positive]
         op = a["at_threshold"]
         t = trains.get(v, {})
         name = f"**{v} (collapsed)**" if v in collapsed else v
@@ -55,9 +58,9 @@ def summary_markdown(evals: Mapping[str, dict], trains: Mapping[str, dict], expo
                      f"(β={op['beta']:g}) | {_num(a['ece'])} | {_num(t.get('val_auroc'))} | "
                      f"{t.get('epochs_run', 'n/a')} |")
     if variants:
-        base = evals[variants[0]]["abnormal"]["baselines"]
-        lines += ["", f"Trivial baselines on the same test split: always flag abnormal → sensitivity 1.000, "
-                  f"specificity 0.000, F-beta {base['always_abnormal']['fbeta']:.3f}; flag at random at the "
+        base = evals[variants[0]][positive]["baselines"]
+        lines += ["", f"Trivial baselines on the same test split: always flag {positive} → sensitivity 1.000, "
+                  f"specificity 0.000, F-beta {base['always_positive']['fbeta']:.3f}; flag at random at the "
                   f"prevalence ({base['prevalence']['prevalence']:.3f}) → AUROC 0.5.", ""]
 
     lines += ["## AUROC per finding (test split, 95% CI from a patient-level bootstrap)", "",

@@ -9,7 +9,16 @@ from cxr.data.metadata import FINDINGS, NO_FINDING, MetadataError
 
 ABNORMAL = "abnormal"
 LABEL_COLUMNS = FINDINGS + (NO_FINDING, ABNORMAL)
+NORMAL = "normal"
 _KEEP = ("Image Index", "Patient ID", "Follow-up #", "Patient Age", "Patient Gender", "View Position")
+
+
+def decision_names(task: str, target: str) -> tuple[str, str]:
+    """Names of the yes/no decision a model makes, positive first: ``abnormal`` / ``normal``
+    for the 14 findings or the ``abnormal`` target, else the finding and ``no <finding>``."""
+    if task == "multilabel" or target == ABNORMAL:
+        return ABNORMAL, NORMAL
+    return target, f"no {target}"
 
 
 def multi_hot(finding_labels: pd.Series) -> pd.DataFrame:

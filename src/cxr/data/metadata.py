@@ -11,7 +11,7 @@ All are normalized to the Kaggle ``Data_Entry_2017.csv`` header.
 """
 from __future__ import annotations
 
-from cxr.errors import CxrError
+from cxr.errors import CxrError, first_line
 
 import os
 import re
@@ -118,5 +118,5 @@ def read_metadata(path: str | os.PathLike) -> pd.DataFrame:
     except FileNotFoundError:
         raise MetadataError(f"{path}: not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
-        raise MetadataError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+        raise MetadataError(f"{path}: not a readable CSV ({first_line(e)})") from None
     return normalize_metadata(raw, str(path))
