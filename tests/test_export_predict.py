@@ -15,8 +15,8 @@ from test_dicom import xray_as_dicom
 def test_every_variant_is_exported_with_parity_metrics(tiny_project):
     for variant in ("cnn", "mobilenet"):
         export_dir = tiny_project / "models" / variant / "export"
-        assert {p.name for p in export_dir.iterdir()} == {"model_fp32.tflite", "model_fp16.tflite",
-                                                         "model_int8.tflite", "model.mlpackage"}
+        assert {p.name for p in export_dir.iterdir()} == {"model.keras", "model_fp32.tflite", "model_fp16.tflite",
+                                                         "model_int8.tflite", "model.mlpackage", "manifest.json"}
         report = json.loads((tiny_project / "metrics" / "export" / f"{variant}.json").read_text())
         assert report["tflite"]["fp32"]["max_abs_diff"] < 1e-4
         assert report["tflite"]["fp16"]["max_abs_diff"] < 0.1  # half-precision weights, ~30 layers deep
@@ -93,11 +93,11 @@ def test_predict_png_jpeg_dicom_and_folder(tiny_project, tmp_path):
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["image"].rsplit("/", 1)[-1] for r in results] == [images[2].name, "xray.dcm", "xray.jpg"]
     threshold = json.loads((tiny_project / "metrics" / "eval" / f"{_best(tiny_project)}.json").read_text())[
-        "abnormal"]["at_threshold"]["threshold"]
+        "abnormal"]["at_threshold"]["threshold"]   # the Keras model's, as evaluate chose it on val
     for r in results:
-        assert set(r) == {"image", "model", "findings", "abnormal_score", "abnormal", "threshold"}
-        assert len(r["findings"]) == 14 and 0 <= r["abnormal_score"] <= 1
-        assert r["threshold"] == pytest.approx(threshold) and r["abnormal"] == (r["abnormal_score"] >= threshold)
+        assert set(r) == {"image", "model", "findings", "decision", "abnormal_score", "abnormal", "threshold"}
+        assert len(r["findings"]) == 14 and 0 <= r["abnormal_score"] <= 1 and r["decision"] == "abnormal"
+        assert r["threshold"] == threshold and r["abnormal"] == (r["abnormal_score"] >= threshold)
 
 
 def _best(project):
@@ -110,8 +110,8 @@ def test_default_model_is_the_best_variant_that_did_not_collapse(tmp_path):
     from cxr.predict import PredictError, best_variant
 
     def trained(variant, val_auroc, collapsed):
-        (tmp_path / "models" / variant).mkdir(parents=True)
-        (tmp_path / "models" / variant / "model.keras").write_bytes(b"model")
+        (tmp_path / "models" / variant / "export").mkdir(parents=True)
+        (tmp_path / "models" / variant / "export" / "manifest.json").write_text("{}")
         (tmp_path / "metrics" / "train").mkdir(parents=True, exist_ok=True)
         (tmp_path / "metrics" / "train" / f"{variant}.json").write_text(
             json.dumps({"val_auroc": val_auroc, "collapsed": collapsed}))
@@ -120,7 +120,7 @@ def test_default_model_is_the_best_variant_that_did_not_collapse(tmp_path):
     trained("cnn", 0.57, False)
     assert best_variant(tmp_path) == "cnn"
     (tmp_path / "metrics" / "train" / "cnn.json").write_text(json.dumps({"val_auroc": 0.57, "collapsed": True}))
-    with pytest.raises(PredictError, match=r"no usable trained model \(collapsed, not used by default: cnn, mob"):
+    with pytest.raises(PredictError, match=r"no usable exported model \(collapsed, not used by default: cnn, mob"):
         best_variant(tmp_path)
 
 
@@ -142,6 +142,9 @@ def test_predict_with_tflite_matches_keras(tiny_project):
                                    "models/cnn/export/model_fp32.tflite").stdout)
     assert lite_out["model"] == "cnn (model_fp32.tflite)"
     assert lite_out["abnormal_score"] == pytest.approx(keras_out["abnormal_score"], abs=1e-4)
+    manifest = json.loads((tiny_project / "models" / "cnn" / "export" / "manifest.json").read_text())
+    assert lite_out["threshold"] == manifest["formats"]["tflite_fp32"]["threshold"]
+    assert keras_out["threshold"] == manifest["formats"]["keras"]["threshold"]
 
 
 def test_predict_bad_inputs_are_one_line_each_and_others_still_predicted(tiny_project, tmp_path):
@@ -163,20 +166,82 @@ def test_predict_bad_inputs_are_one_line_each_and_others_still_predicted(tiny_pr
                       f"cxr predict: {tmp_path / 'figure.jpg'}: not a PNG, JPEG or DICOM file"]
 
 
-@pytest.mark.parametrize("model_file,expected", [
-    ("model.keras", r"model\.keras: not a complete \.keras file \(.*\); restore it with `dvc checkout`"),
-    ("export/model_fp32.tflite", r"model_fp32\.tflite: not a loadable TFLite model"),
+@pytest.mark.parametrize("model_file,rehash,expected", [
+    ("model.keras", False, r"model\.keras: sha256 differs from manifest\.json \(changed after export\)"),
+    ("model_int8.tflite", False, r"model_int8\.tflite: sha256 differs from manifest\.json"),
+    # A bundle exported from a file already broken: the hashes match, loading fails in one line.
+    ("model.keras", True, r"model\.keras: not a complete \.keras file \(.*\); restore it with `dvc checkout`"),
+    ("model_fp32.tflite", True, r"model_fp32\.tflite: not a loadable TFLite model"),
 ])
-def test_truncated_model_file_is_one_line(tiny_project, tmp_path, model_file, expected):
-    copy = tmp_path / "cnn"
-    shutil.copytree(tiny_project / "models" / "cnn", copy)
+def test_truncated_or_altered_model_file_is_one_line(tiny_project, tmp_path, model_file, rehash, expected):
+    from cxr.bundle import file_hashes
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_project / "models" / "cnn" / "export", copy)
     data = (copy / model_file).read_bytes()
     (copy / model_file).write_bytes(data[: len(data) // 2])
+    if rehash:
+        manifest = json.loads((copy / "manifest.json").read_text())
+        (copy / "manifest.json").write_text(json.dumps({**manifest, "files": file_hashes(copy)}))
     good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
     proc = _predict(tiny_project, good, "--model", str(copy / model_file))
     assert proc.returncode == 1 and proc.stdout == ""
     [line] = proc.stderr.strip().splitlines()
     assert re.match(r"cxr predict: .*" + expected, line), line
+
+
+@pytest.mark.parametrize("model,expected", [
+    ("models/cnn/model.keras", "models/cnn/model.keras: not in a model bundle (no manifest.json beside it)"),
+    ("models/cnn/export/model.mlpackage", "models/cnn/export/model.mlpackage: Core ML models predict on macOS only"),
+    ("models/cnn/export/manifest.json", "models/cnn/export/manifest.json: not a model of this bundle"),
+])
+def test_predict_reads_only_a_bundle(tiny_project, model, expected):
+    good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
+    proc = _predict(tiny_project, good, "--model", model)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"cxr predict: {expected}"), proc.stderr
+
+
+def test_a_bundle_copied_anywhere_predicts_alone(tiny_project, tmp_path):
+    """Nothing is looked up beside the bundle: no metrics, no params, no model.json."""
+    shutil.copytree(tiny_project / "models" / "mobilenet" / "export", tmp_path / "elsewhere")
+    good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
+    proc = run(["cxr", "predict", good, "--json", "--model", "elsewhere/model_int8.tflite"], tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "elsewhere" / "manifest.json").read_text())
+    assert json.loads(proc.stdout)["threshold"] == manifest["formats"]["tflite_int8"]["threshold"]
+
+
+def test_manifest_describes_the_bundle_and_each_threshold_is_its_formats_own(tiny_project, small_dataset):
+    """Recomputed from the files: each format's threshold is the one its own outputs on the
+    validation split give (by evaluate.threshold), and every file hash is the file's."""
+    import yaml
+    from cxr.bundle import file_hashes
+    from cxr.evaluate import choose_threshold, decision_score
+    from cxr.export import TFLiteModel
+    from cxr.inference import load_model, predict
+    from cxr.data.dataset import load_dataset
+    from cxr.data import FINDINGS
+    root = tiny_project
+    bundle = root / "models" / "cnn" / "export"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert manifest["variant"] == "cnn" and manifest["family"] == "cnn" and manifest["task"] == "multilabel"
+    assert manifest["targets"] == list(FINDINGS) and manifest["input"]["size"] == 32
+    assert manifest["decision"]["positive"] == "abnormal" and manifest["decision"]["negative"] == "normal"
+    assert manifest["files"] == file_hashes(bundle)
+    assert manifest["source"]["data"] == "sample" and manifest["source"]["split"]["method"] == "patient"
+    assert manifest["source"]["git.commit"] == "unknown"   # the tiny pipeline ran before its first commit
+    data = load_dataset(root / "data" / "cache", root / "data" / "labels.csv", root / "data" / "splits.csv", FINDINGS)
+    val = data.splits["val"]
+    outputs = {"keras": predict(load_model(bundle / "model.keras"), data.images("val"))}
+    for fmt in ("fp32", "fp16", "int8"):
+        outputs[f"tflite_{fmt}"] = TFLiteModel(bundle / f"model_{fmt}.tflite").predict(data.images("val"))
+    for fmt, p in outputs.items():
+        want = choose_threshold(val.y.max(axis=1), decision_score(p), params["evaluate"]["threshold"],
+                                params["evaluate"]["beta"])
+        assert manifest["formats"][fmt]["threshold"] == pytest.approx(want, abs=1e-6), fmt
+    evaluation = json.loads((root / "metrics" / "eval" / "cnn.json").read_text())
+    assert manifest["formats"]["keras"]["threshold"] == evaluation["abnormal"]["at_threshold"]["threshold"]
+    assert manifest["formats"]["coreml"]["threshold"] == manifest["formats"]["keras"]["threshold"]
 
 
 def test_predict_table_and_heatmap(tiny_project, tmp_path):
@@ -192,3 +257,38 @@ def test_predict_unknown_model_is_one_line(tiny_project):
     proc = _predict(tiny_project, "x.png", "--model", "models/nope")
     assert proc.returncode == 1
     assert proc.stderr.strip() == "cxr predict: models/nope: no such model file"
+
+
+def test_a_binary_task_names_its_target_everywhere(tiny_project, tmp_path):
+    """labels.task: binary, target Infiltration: metrics, plots, bundle, Core ML classifier, predict."""
+    import pandas as pd
+    import yaml
+    from cxr.export import coreml_spec_summary
+    from cxr.report import summary_markdown
+    project = tmp_path / "binary"
+    shutil.copytree(tiny_project, project, symlinks=True)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["labels"].update(task="binary", target="Infiltration")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "evaluate@cnn", "export@cnn"], project)
+    evaluation = json.loads((project / "metrics" / "eval" / "cnn.json").read_text())
+    assert evaluation["decision"] == "Infiltration" and "abnormal" not in evaluation
+    assert list(evaluation["per_class"]) == ["Infiltration"]
+    assert evaluation["Infiltration"]["baselines"]["always_positive"]["sensitivity"] == 1.0
+    confusion = pd.read_csv(project / "reports" / "cnn" / "plots" / "confusion.csv")
+    assert set(confusion["actual"]) == {"Infiltration", "no Infiltration"}
+    assert "## Infiltration vs no Infiltration" in summary_markdown({"cnn": evaluation}, {}, {}, {
+        "source": "sample", "images": 557, "patients": 555, "split": "patient", "test_images": 114, "size": 32})
+    manifest = json.loads((project / "models" / "cnn" / "export" / "manifest.json").read_text())
+    assert manifest["task"] == "binary" and manifest["targets"] == ["Infiltration"]
+    assert manifest["decision"]["positive"] == "Infiltration" and manifest["decision"]["negative"] == "no Infiltration"
+    spec = coreml_spec_summary(project / "models" / "cnn" / "export" / "model.mlpackage")
+    assert spec["outputs"] == ["classLabel", "probabilities"]
+    assert spec["class_labels"] == ["no Infiltration", "Infiltration"]
+    good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
+    table = _predict(project, good, "--model", "models/cnn").stdout
+    assert re.search(r"Infiltration score \d\.\d{3}: (INFILTRATION|no Infiltration) \(threshold", table), table
+    assert "abnormal" not in table
+    result = json.loads(_predict(project, good, "--json", "--model", "models/cnn").stdout)
+    assert result["decision"] == "Infiltration" and result["Infiltration"] == (
+        result["Infiltration_score"] >= result["threshold"]) and "abnormal" not in result

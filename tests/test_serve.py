@@ -1,4 +1,5 @@
 """`cxr serve`: the JSON API, bad uploads, limits, the real server on a socket, the page in a browser."""
+import dataclasses
 import http.client
 import io
 import json
@@ -6,7 +7,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +44,7 @@ def _post(client, data: bytes, name="x.png", query=""):
 def test_health_names_the_model(client):
     body = client.get("/api/health").get_json()
     assert body["status"] == "ok" and body["model"] == "cnn (keras)" and len(body["targets"]) == 14
+    assert body["decision"] == "abnormal" and 0 <= body["threshold"] <= 1
 
 
 def test_predict_returns_what_cxr_predict_json_prints(client, predictor):
@@ -194,7 +195,6 @@ def test_idle_connection_is_closed_after_the_timeout(tiny_project):
 
 
 def test_a_request_that_waits_past_the_timeout_for_a_slot_gets_503(predictor):
-    from cxr.predict import Predictor
     from cxr.serve import ServeLimits, create_app
     entered, release = threading.Event(), threading.Event()
 
@@ -203,8 +203,7 @@ def test_a_request_that_waits_past_the_timeout_for_a_slot_gets_503(predictor):
         release.wait()
         return predictor.run(x)
 
-    held = Predictor(predictor.name, predictor.variant, predictor.targets, predictor.size, predictor.threshold,
-                     held_run)
+    held = dataclasses.replace(predictor, run=held_run)
     client = create_app(held, ServeLimits(concurrency=1, timeout=0.5)).test_client()
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(_post, client, IMAGES[0].read_bytes())

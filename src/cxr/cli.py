@@ -69,10 +69,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _table(result: dict) -> str:
-    flag = {True: "ABNORMAL", False: "normal", None: "no threshold (run evaluate)"}[result["abnormal"]]
-    threshold = "" if result["threshold"] is None else f" (threshold {result['threshold']:.3f})"
+    from cxr.data.labels import decision_names
+    positive, negative = decision_names("binary", result["decision"])
+    flag = positive.upper() if result[positive] else negative
     lines = [f"{result['image']}  [{result['model']}]",
-             f"  abnormal score {result['abnormal_score']:.3f}: {flag}{threshold}"]
+             f"  {positive} score {result[positive + '_score']:.3f}: {flag} (threshold {result['threshold']:.3f})"]
     for name, p in sorted(result["findings"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  {name:<20} {p:.3f}")
     return "\n".join(lines)
@@ -126,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_check_repro)
     p = sub.add_parser("predict", help="findings for PNG/JPEG/DICOM files or folders")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
-    p.add_argument("--model", help="a variant folder (models/cnn), its model.keras, or a .tflite file; "
-                                   "default: the variant with the best validation AUROC")
+    p.add_argument("--model", help="a model bundle (models/cnn/export, or models/cnn), or one .keras or "
+                                   ".tflite file inside it; default: the variant with the best validation AUROC")
     p.add_argument("--json", action="store_true", help="one JSON object per input line")
     p.add_argument("--heatmap", metavar="OUT_DIR", help="write Grad-CAM overlays here (Keras models)")
     p.set_defaults(func=_predict)

@@ -145,30 +145,52 @@ def parity(reference: np.ndarray, exported: np.ndarray, y: np.ndarray, patients:
 
 # --- Core ML ---
 
-def export_coreml(model, path: str | os.PathLike, targets: Sequence[str], description: str) -> Path:
+def export_coreml(model, path: str | os.PathLike, targets: Sequence[str], description: str,
+                  class_labels: Sequence[str] | None = None) -> Path:
     """An ``.mlpackage`` (ML program, iOS 15+) with a grayscale image input named
-    ``image`` (0..255, scale 1: the model rescales inside) and output ``probabilities``."""
+    ``image`` (0..255, scale 1: the model rescales inside).
+
+    Multi-label: output ``probabilities``, one sigmoid per target, the target
+    names in the metadata. Binary (``class_labels``: negative, positive): a
+    Core ML classifier, outputs ``classLabel`` and ``probabilities`` (label ->
+    probability), so Vision and Xcode show the labels; ``classLabel`` is the
+    likelier class (0.5), the bundle's threshold applies to the positive probability.
+    """
     import coremltools as ct
     import tensorflow as tf
 
     size = int(model.inputs[0].shape[1])
+    if class_labels is None:
+        serve = tf.function(lambda image: model(image, training=False))
+        classifier = None
+    else:
+        def serve_two(image):
+            p = model(image, training=False)
+            return tf.concat([1.0 - p, p], axis=1)
+        serve = tf.function(serve_two)
+        classifier = ct.ClassifierConfig(list(class_labels))
     # Convert the serving function, not a SavedModel directory (which fails with
     # "Only a single concrete function is supported").
-    serve = tf.function(lambda image: model(image, training=False))
     concrete = serve.get_concrete_function(tf.TensorSpec([1, size, size, 1], tf.float32, name="image"))
     converted = ct.convert(
         [concrete], source="tensorflow", convert_to="mlprogram",
-        minimum_deployment_target=ct.target.iOS15,
+        minimum_deployment_target=ct.target.iOS15, classifier_config=classifier,
         inputs=[ct.ImageType(name="image", shape=(1, size, size, 1), scale=1.0,
                              color_layout=ct.colorlayout.GRAYSCALE)],
     )
-    # The TF graph's output node is an anonymous Identity; name the feature afterwards.
+    # The TF graph's output node is anonymous (a classifier's: <label>_probs); name the feature.
     spec = converted.get_spec()
-    ct.utils.rename_feature(spec, spec.description.output[0].name, "probabilities")
+    probabilities = spec.description.predictedProbabilitiesName or spec.description.output[0].name
+    ct.utils.rename_feature(spec, probabilities, "probabilities")
     mlmodel = ct.models.MLModel(spec, weights_dir=converted.weights_dir, skip_model_load=True)
     mlmodel.short_description = description
     mlmodel.input_description["image"] = f"Chest X-ray, {size}x{size} grayscale, 0..255"
-    mlmodel.output_description["probabilities"] = "Sigmoid probability per class: " + ", ".join(targets)
+    if class_labels is None:
+        mlmodel.output_description["probabilities"] = "Sigmoid probability per class: " + ", ".join(targets)
+    else:
+        mlmodel.output_description["probabilities"] = "Probability of each class: " + ", ".join(class_labels)
+        mlmodel.output_description["classLabel"] = "The likelier class (at probability 0.5)"
+        mlmodel.user_defined_metadata["class_labels"] = json.dumps(list(class_labels))
     mlmodel.user_defined_metadata["classes"] = json.dumps(list(targets))
     mlmodel.user_defined_metadata["input_scale"] = "1.0"
     mlmodel.user_defined_metadata["intended_use"] = "research and triage support; not for diagnosis"
@@ -193,6 +215,8 @@ def coreml_spec_summary(path: str | os.PathLike) -> dict:
         "width": int(image.type.imageType.width), "height": int(image.type.imageType.height),
         "outputs": [o.name for o in spec.description.output],
         "classes": json.loads(spec.description.metadata.userDefined["classes"]),
+        "class_labels": (json.loads(spec.description.metadata.userDefined["class_labels"])
+                         if spec.description.predictedFeatureName else None),
         "input_scale": float(spec.description.metadata.userDefined["input_scale"]),
         "specification_version": int(spec.specificationVersion),
         "ops": len(ops),

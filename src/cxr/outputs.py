@@ -5,10 +5,11 @@ within one directory is atomic on POSIX, so readers never see half a file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -79,3 +80,13 @@ def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:
     """CSV without the index, written atomically."""
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, lineterminator="\n")
+
+
+def file_sha256(paths: Iterable[str | os.PathLike]) -> str:
+    """One sha256 over the bytes of several files, in order."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()

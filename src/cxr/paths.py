@@ -17,9 +17,12 @@ SPLITS = "data/splits.csv"
 CACHE = "data/cache"                               # resized uint8 images (memory-mapped)
 CACHE_IMAGES_FILE, CACHE_INDEX_FILE = "images.npy", "index.csv"
 
+DATA_STAGE_METRICS = ("labels", "split", "resize")   # metrics/<stage>.json of the data stages
+
 MODELS = "models"
 MODEL_FILE = "model.keras"
 MODEL_INFO = "model.json"                          # variant, family, targets, size: written by train
+DVC_LOCK = "dvc.lock"
 METRICS = "metrics"
 REPORTS = "reports"
 

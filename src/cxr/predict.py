@@ -12,7 +12,8 @@ import numpy as np
 
 from cxr.data.images import ImageReadError, read_image, resize_image
 from cxr.errors import CxrError
-from cxr.paths import METRICS, MODEL_FILE, MODEL_INFO, MODELS, stage_metrics
+from cxr.bundle import COREML_FILE, MANIFEST_FILE, BundleError, read_bundle
+from cxr.paths import METRICS, MODELS, export_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
@@ -40,12 +41,13 @@ def import_tensorflow_quietly() -> None:
 
 @dataclass
 class Predictor:
-    """A loaded model with everything needed to turn files into findings."""
+    """A model from a bundle, with everything needed to turn files into findings."""
     name: str                 # shown in the output: variant and format
     variant: str
     targets: list[str]
     size: int
-    threshold: float | None   # chosen on validation by the evaluate stage
+    decision: str             # the positive class of the yes/no decision: abnormal, or a binary task's target
+    threshold: float          # the bundle's threshold for this format, chosen on validation
     run: object               # images (n, s, s, 1) 0..255 -> probabilities
     keras_model: object = None
 
@@ -55,22 +57,22 @@ class Predictor:
 
     def predict_resized(self, small: np.ndarray) -> dict:
         """Findings for an image already ``size`` x ``size``."""
-        from cxr.evaluate import abnormal_score
+        from cxr.evaluate import decision_score
         p = np.asarray(self.run(small[None, ..., None].astype(np.float32)))[0]
-        score = float(abnormal_score(p[None])[0])
+        score = float(decision_score(p[None])[0])
         return {"model": self.name,
                 "findings": {t: round(float(v), 6) for t, v in zip(self.targets, p)},
-                "abnormal_score": round(score, 6),
-                "abnormal": None if self.threshold is None else bool(score >= self.threshold),
-                "threshold": self.threshold}
+                # Named after the decision (abnormal_score / abnormal, Infiltration_score / Infiltration).
+                "decision": self.decision, f"{self.decision}_score": round(score, 6),
+                self.decision: bool(score >= self.threshold), "threshold": self.threshold}
 
 
 def best_variant(root: Path) -> str:
-    """The trained variant with the highest validation AUROC, never a collapsed one."""
+    """The exported variant with the highest validation AUROC, never a collapsed one."""
     scores, collapsed = {}, []
     for path in sorted((root / METRICS / "train").glob("*.json")):
         summary = json.loads(path.read_text())
-        if summary.get("val_auroc") is None or not (root / MODELS / path.stem / MODEL_FILE).is_file():
+        if summary.get("val_auroc") is None or not (root / export_dir(path.stem) / MANIFEST_FILE).is_file():
             continue
         if summary.get("collapsed"):
             collapsed.append(path.stem)
@@ -78,45 +80,32 @@ def best_variant(root: Path) -> str:
             scores[path.stem] = summary["val_auroc"]
     if not scores:
         also = f" (collapsed, not used by default: {', '.join(collapsed)})" if collapsed else ""
-        raise PredictError(f"{root / MODELS}: no usable trained model{also}; run `dvc repro` or pass --model")
+        raise PredictError(f"{root / MODELS}: no usable exported model{also}; run `dvc repro` or pass --model")
     return max(scores, key=scores.get)
 
 
-def _threshold(root: Path, variant: str) -> float | None:
-    path = root / stage_metrics("eval", variant)
-    if not path.is_file():
-        return None
-    return float(json.loads(path.read_text())["abnormal"]["at_threshold"]["threshold"])
-
-
 def load_predictor(model: str | os.PathLike | None = None, root: str | os.PathLike = ".") -> Predictor:
-    """``model``: a variant's folder, its ``model.keras``, one of its ``.tflite`` files,
-    or None for the variant with the best validation AUROC."""
+    """``model``: a bundle (``models/<variant>/export``, or the variant's folder), one
+    model file inside it, or None for the variant with the best validation AUROC.
+    Everything else (targets, size, threshold) comes from the bundle's manifest."""
     root = Path(root)
-    path = Path(model) if model else root / MODELS / best_variant(root)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise PredictError(f"{path}: no such model file")
-    variant_dir = path.parent.parent if path.parent.name == "export" else path.parent
-    info_path = variant_dir / MODEL_INFO
-    if not info_path.is_file():
-        raise PredictError(f"{info_path}: missing (written by the train stage next to the model)")
-    info = json.loads(info_path.read_text())
-    variant = info["variant"]
-    threshold = _threshold(root, variant)
-    if path.suffix == ".tflite":
-        from cxr.export import TFLiteModel
-        runner = TFLiteModel(path)
-        return Predictor(f"{variant} ({path.name})", variant, info["targets"], info["size"], threshold,
-                         runner.predict)
-    if path.suffix == ".keras":
+    try:
+        bundle, fmt = read_bundle(model if model else root / export_dir(best_variant(root)))
+        if fmt == "coreml":
+            raise PredictError(f"{bundle.directory / COREML_FILE}: Core ML models predict on macOS only; "
+                               "pass the bundle's .keras or .tflite file")
+        path = bundle.verified(fmt)
+    except BundleError as e:
+        raise PredictError(str(e)) from None
+    common = dict(variant=bundle.variant, targets=bundle.targets, size=bundle.size,
+                  decision=bundle.decision["positive"], threshold=bundle.threshold(fmt))
+    if fmt == "keras":
         import_tensorflow_quietly()
         from cxr.inference import compiled, load_model
         keras_model = load_model(path)
-        return Predictor(f"{variant} (keras)", variant, info["targets"], info["size"], threshold,
-                         compiled(keras_model), keras_model)
-    raise PredictError(f"{path}: expected a .keras or .tflite model")
+        return Predictor(f"{bundle.variant} (keras)", run=compiled(keras_model), keras_model=keras_model, **common)
+    from cxr.export import TFLiteModel
+    return Predictor(f"{bundle.variant} ({path.name})", run=TFLiteModel(path).predict, **common)
 
 
 def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:

@@ -13,6 +13,7 @@ the bound address or an allowed name get 400 (DNS rebinding).
 from __future__ import annotations
 
 import base64
+import html
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -97,7 +98,8 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits(), hosts:
     @app.get("/api/health")
     def health():
         return jsonify({"status": "ok", "model": predictor.name, "variant": predictor.variant,
-                        "targets": predictor.targets, "threshold": predictor.threshold, "version": __version__})
+                        "targets": predictor.targets, "decision": predictor.decision,
+                        "threshold": predictor.threshold, "version": __version__})
 
     def analyse(upload, name: str, heatmap: bool) -> tuple[int, dict]:
         """Decode, resize and predict one upload: runs on a decoder thread."""
@@ -145,7 +147,8 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits(), hosts:
 
     @app.get("/")
     def page():
-        return PAGE.replace("{{MODEL}}", predictor.name).replace("{{MAX_MB}}", f"{limits.max_mb:g}")
+        return (PAGE.replace("{{MODEL}}", html.escape(predictor.name)).replace("{{MAX_MB}}", f"{limits.max_mb:g}")
+                .replace("{{DECISION}}", html.escape(predictor.decision)))
 
     return app
 
@@ -171,7 +174,7 @@ PAGE = """<!doctype html>
  #drop.over{background:#eef4ff}
  .row{display:flex;gap:20px;flex-wrap:wrap} .row figure{margin:0} .row img{width:300px;border-radius:4px}
  #error{color:#b00020;font-weight:600} .flag{font-size:1.2em;font-weight:700}
- .abnormal{color:#b00020} .normal{color:#1a7f37}
+ .positive{color:#b00020} .negative{color:#1a7f37}
  ul#findings{list-style:none;padding:0;width:420px} ul#findings li{display:flex;align-items:center;margin:3px 0}
  ul#findings span.name{width:150px} ul#findings span.bar{height:12px;background:#4a78c2;border-radius:2px;margin:0 8px}
 </style></head>
@@ -186,8 +189,8 @@ radiologist must read every study. Model: <code>{{MODEL}}</code>.</p>
  <p id="flag" class="flag"></p>
  <div class="row">
   <figure><img id="preview" alt="uploaded X-ray"><figcaption>image as the model sees it</figcaption></figure>
-  <figure><img id="heatmap" alt="Grad-CAM heatmap"><figcaption id="heatcap">Grad-CAM: where the abnormal
-  score comes from</figcaption></figure>
+  <figure><img id="heatmap" alt="Grad-CAM heatmap"><figcaption id="heatcap">Grad-CAM: where the
+  {{DECISION}} score comes from</figcaption></figure>
  </div>
  <h2>Findings</h2><ul id="findings"></ul>
 </div>
@@ -209,10 +212,11 @@ async function send(file) {
     if (!r.ok) { err.textContent = body.error || ('HTTP ' + r.status); return; }
   } catch (e) { err.textContent = 'upload failed: ' + e; return; }
   const flag = document.getElementById('flag');
-  const t = body.threshold === null ? 'no threshold' : 'threshold ' + body.threshold.toFixed(3);
-  flag.textContent = (body.abnormal ? 'Abnormal' : 'No abnormality flagged') +
-    ' — abnormal score ' + body.abnormal_score.toFixed(3) + ' (' + t + ', chosen on validation data)';
-  flag.className = 'flag ' + (body.abnormal ? 'abnormal' : 'normal');
+  const positive = body[body.decision], score = body[body.decision + '_score'];
+  flag.textContent = (positive ? body.decision.toUpperCase() : 'No ' + body.decision + ' flagged') +
+    ' — ' + body.decision + ' score ' + score.toFixed(3) + ' (threshold ' + body.threshold.toFixed(3) +
+    ', chosen on validation data)';
+  flag.className = 'flag ' + (positive ? 'positive' : 'negative');
   document.getElementById('preview').src = body.preview_png;
   const heat = document.getElementById('heatmap');
   if (body.heatmap_png) { heat.src = body.heatmap_png; heat.hidden = false; }

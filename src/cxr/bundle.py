@@ -1,0 +1,129 @@
+"""The model bundle: the exported files plus one ``manifest.json`` that says how to use them.
+
+Export writes ``models/<variant>/export/``: the Keras model, the TFLite and
+Core ML files, and the manifest (variant, family, input and preprocessing,
+targets and task, the decision and its threshold per format, each file's
+sha256, and where the model came from). ``cxr predict`` and ``cxr serve``
+read only a bundle, so a bundle copied anywhere works alone, and a file
+changed after export is refused instead of silently mis-scored.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxr.errors import CxrError, first_line
+from cxr.outputs import file_sha256
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+KERAS_FILE = "model.keras"
+COREML_FILE = "model.mlpackage"
+
+
+class BundleError(CxrError):
+    """A bundle that is missing, incomplete or altered."""
+
+
+def tflite_file(fmt: str) -> str:
+    return f"model_{fmt}.tflite"
+
+
+def file_hashes(directory: str | os.PathLike) -> dict[str, str]:
+    """sha256 of every file under ``directory`` but the manifest, by relative POSIX path, sorted."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    return {p.relative_to(directory).as_posix(): file_sha256([p]) for p in files}
+
+
+def preprocessing(size: int) -> dict:
+    """What a consumer feeds the models: the same pixels training saw."""
+    return {"size": size, "channels": 1, "layout": "NHWC", "dtype": "float32", "range": [0, 255],
+            "description": (f"grayscale; the whole image resized to {size}x{size} (not cropped; aspect "
+                            "not kept) by Pillow's Lanczos filter after a box reduction; 16-bit and DICOM "
+                            "pixels stretched min..max to 0..255 (cxr.data.images); the model normalizes inside")}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A read manifest, with the folder it describes."""
+    directory: Path
+    manifest: dict
+
+    @property
+    def variant(self) -> str:
+        return self.manifest["variant"]
+
+    @property
+    def targets(self) -> list[str]:
+        return self.manifest["targets"]
+
+    @property
+    def size(self) -> int:
+        return int(self.manifest["input"]["size"])
+
+    @property
+    def decision(self) -> dict:
+        return self.manifest["decision"]
+
+    def format_of(self, filename: str) -> str:
+        """The format key (``keras``, ``tflite_int8``, ...) whose file is ``filename``."""
+        for fmt, entry in self.manifest["formats"].items():
+            if entry["file"] == filename:
+                return fmt
+        raise BundleError(f"{self.directory / filename}: not a model of this bundle "
+                          f"(its {MANIFEST_FILE} lists {', '.join(e['file'] for e in self.manifest['formats'].values())})")
+
+    def threshold(self, fmt: str) -> float:
+        return float(self.manifest["formats"][fmt]["threshold"])
+
+    def verified(self, fmt: str) -> Path:
+        """The path of ``fmt``'s file, after checking it against the manifest's sha256."""
+        name = self.manifest["formats"][fmt]["file"]
+        path = self.directory / name
+        expected = {k: v for k, v in self.manifest["files"].items() if k == name or k.startswith(name + "/")}
+        for rel, digest in expected.items():
+            file = self.directory / rel
+            if not file.is_file():
+                raise BundleError(f"{file}: listed in {MANIFEST_FILE} but missing; restore the bundle "
+                                  "with `dvc checkout` or `dvc repro`")
+            if file_sha256([file]) != digest:
+                raise BundleError(f"{file}: sha256 differs from {MANIFEST_FILE} (changed after export); "
+                                  "restore it with `dvc checkout`, or re-export with `dvc repro`")
+        return path
+
+
+def read_bundle(path: str | os.PathLike) -> tuple[Bundle, str]:
+    """The bundle at ``path`` and the format to use: a bundle folder (its Keras model),
+    a variant folder holding ``export/``, or one model file inside a bundle."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path}: no such model file")
+    if path.is_dir() and not (path / MANIFEST_FILE).is_file() and (path / "export" / MANIFEST_FILE).is_file():
+        path = path / "export"
+    directory, filename = (path, None) if path.is_dir() and (path / MANIFEST_FILE).is_file() else (path.parent, path.name)
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise BundleError(f"{path}: not in a model bundle (no {MANIFEST_FILE} beside it); use the folder "
+                          "the export stage writes, e.g. models/<variant>/export")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        version = manifest["manifest_version"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BundleError(f"{manifest_path}: not a model manifest ({first_line(e)})") from None
+    if version != MANIFEST_VERSION:
+        raise BundleError(f"{manifest_path}: manifest_version {version!r}, expected {MANIFEST_VERSION}; "
+                          "re-export with this version of cxr")
+    bundle = Bundle(directory, manifest)
+    return bundle, "keras" if filename is None else bundle.format_of(filename)
+
+
+def write_manifest(directory: str | os.PathLike, manifest: dict) -> Path:
+    """``manifest`` plus the sha256 of every file now in ``directory``, as ``manifest.json``."""
+    directory = Path(directory)
+    path = directory / MANIFEST_FILE
+    path.write_text(json.dumps({"manifest_version": MANIFEST_VERSION, **manifest,
+                                "files": file_hashes(directory)}, indent=2) + "\n")
+    return path
