@@ -1,16 +1,18 @@
 """train@<variant>: fit one model variant on the cached train split, log the run to MLflow."""
 import dataclasses
+import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cxr import compute, tracking  # noqa: E402
 from cxr.errors import run_command  # noqa: E402
 from cxr.models import check_weights  # noqa: E402
-from cxr.outputs import atomic_path, write_json  # noqa: E402
+from cxr.outputs import atomic_path, file_sha256, write_json  # noqa: E402
 from cxr.params import load_variant  # noqa: E402
-from cxr.paths import (CACHE, CACHE_IMAGES_FILE, CACHE_INDEX_FILE, LABELS, MODEL_INFO, SPLITS, model_dir,  # noqa: E402
-                       model_file, stage_metrics, timings, variant_reports)
+from cxr.paths import (CACHE, CACHE_IMAGES_FILE, CACHE_INDEX_FILE, DATA_STAGE_METRICS, LABELS, MODEL_INFO,  # noqa: E402
+                       SPLITS, model_dir, model_file, stage_metrics, timings, variant_reports)
 
 
 
@@ -37,9 +39,13 @@ def main() -> None:
     used = {"image": {"size": params.image.size},
             "labels": {"task": params.labels.task, "target": params.labels.target},
             "train": dataclasses.asdict(params.train), "model": dataclasses.asdict(model_params)}
-    data_sha = tracking.file_sha256([SPLITS, LABELS, f"{CACHE}/{CACHE_INDEX_FILE}", f"{CACHE}/{CACHE_IMAGES_FILE}"])
+    data_sha = file_sha256([SPLITS, LABELS, f"{CACHE}/{CACHE_INDEX_FILE}", f"{CACHE}/{CACHE_IMAGES_FILE}"])
     history_csv = stage_metrics("train", variant, "_history.csv")
-    with tracking.training_run(variant, f"train@{variant}", used, data_sha, uri) as run:
+    # What the data stages measured (functions of the data hashed above), for the parent run of
+    # this data version; only logged, so not deps.
+    data_metrics = {stage: json.loads(Path(stage_metrics(stage)).read_text()) for stage in DATA_STAGE_METRICS
+                    if Path(stage_metrics(stage)).is_file()}
+    with tracking.training_run(variant, f"train@{variant}", used, data_sha, uri, data_metrics) as run:
         result = train.train_model(dataset, model_params, params.train, params.image.size, name=variant,
                                    callbacks=[run.epoch_callback()], strategy=strategy)
         train.save_model(result.model, model_file(variant))

@@ -190,7 +190,7 @@ def test_evaluation_with_a_locked_mlflow_store_writes_its_outputs_and_warns(proj
     holder.wait(timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     [warning] = [line for line in proc.stderr.splitlines() if line.startswith("evaluate: warning:")]
-    assert "the evaluation of cnn was not logged (" in warning and "database is locked" in warning
+    assert "evaluate@cnn was not logged (" in warning and "database is locked" in warning
     assert json.loads((project / "metrics" / "eval" / "cnn.json").read_text())["abnormal"]["auroc"] is not None
     assert "Traceback" not in proc.stderr
 
@@ -200,6 +200,7 @@ def test_training_survives_an_mlflow_store_locked_by_another_process(project, tm
 
     import mlflow
     from cxr import tracking
+    from cxr.outputs import file_sha256
     edit_params(project, tiny_params)
     edit_params(project, lambda p: p["models"]["cnn"].update(epochs=3))
     edit_params(project, lambda p: p["train"].update(early_stopping_patience=5))
@@ -228,7 +229,8 @@ def test_training_survives_an_mlflow_store_locked_by_another_process(project, tm
     summary = json.loads((project / "metrics" / "train" / "cnn.json").read_text())
     assert summary["epochs_run"] == 3
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    [run_info] = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    [run_info] = client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id],
+                                    filter_string=f"tags.`{tracking.TAG_STAGE}` = 'train@cnn'")
     assert run_info.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run_info.info.run_id, "loss")] == [1, 2, 3]
-    assert run_info.data.tags[tracking.TAG_MODEL] == tracking.file_sha256([project / "models/cnn/model.keras"])
+    assert run_info.data.tags[tracking.TAG_MODEL] == file_sha256([project / "models/cnn/model.keras"])

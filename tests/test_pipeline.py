@@ -76,23 +76,49 @@ def test_every_stage_wrote_its_outputs(tiny_project):
     assert "CheXNet" in summary and "Not for diagnosis" in summary and "TFLite int8" in summary
 
 
-def test_one_mlflow_run_per_variant_holds_training_and_test_results(tiny_project):
+def test_mlflow_holds_the_data_each_variant_its_train_evaluate_export_and_the_registered_model(tiny_project):
     import mlflow
+    import yaml
+    from cxr.outputs import file_sha256
 
     mlflow.set_tracking_uri(f"sqlite:///{tiny_project / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["cxr-pipeline"], output_format="list")
+    # One parent run of the data, holding the data stages' metrics.
+    [data_run] = [r for r in runs if r.data.tags["cxr.stage"] == "data"]
+    split = json.loads((tiny_project / "metrics" / "split.json").read_text())
+    assert data_run.data.metrics["split.test.images"] == split["test"]["images"]
+    assert data_run.data.metrics["split.patient_overlap"] == 0 and data_run.data.metrics["resize.cached"] == 557
+    assert data_run.data.metrics["labels.patients"] == 555
     training = [r for r in runs if r.data.tags["cxr.stage"].startswith("train@")]
     assert sorted(r.data.tags["cxr.variant"] for r in training) == ["cnn", "mobilenet"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in training} == {data_run.info.run_id}
     cnn = next(r for r in training if r.data.tags["cxr.variant"] == "cnn")
     assert cnn.data.params["model.family"] == "cnn" and cnn.data.params["image.size"] == "32"
-    assert cnn.data.tags["cxr.stage"] == "train@cnn" and len(cnn.data.tags["cxr.data_sha256"]) == 64
+    assert cnn.data.tags["cxr.stage"] == "train@cnn" and cnn.data.tags["cxr.data_sha256"] == data_run.data.tags[
+        "cxr.data_sha256"]
     assert cnn.data.tags["git.commit"] == "unknown"  # the pipeline ran before the first commit
-    assert {"val_auroc", "best_val_auroc", "test_abnormal.auroc", "test_mean_auroc_classes"} <= set(cnn.data.metrics)
-    [evaluation] = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == cnn.info.run_id]
-    assert evaluation.data.tags["cxr.stage"] == "evaluate@cnn" and evaluation.data.params["evaluate.threshold"] == "fbeta"
+    assert {"val_auroc", "best_val_auroc", "test_abnormal.auroc", "test_mean_auroc_classes",
+            "export_tflite.int8.threshold"} <= set(cnn.data.metrics)
+    children = {r.data.tags["cxr.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == cnn.info.run_id}
+    assert set(children) == {"evaluate@cnn", "export@cnn"}
+    evaluation, export = children["evaluate@cnn"], children["export@cnn"]
+    assert evaluation.data.params["evaluate.threshold"] == "fbeta"
     assert evaluation.data.metrics["test_abnormal.auroc"] == cnn.data.metrics["test_abnormal.auroc"]
-    info = mlflow.models.get_model_info(f"models:/{cnn.outputs.model_outputs[0].model_id}")
+    assert export.data.params["export.tflite"] == "('fp32', 'fp16', 'int8')"
+    files = {a.path for a in mlflow.MlflowClient().list_artifacts(export.info.run_id, "export/export")}
+    assert {"export/export/manifest.json", "export/export/model_int8.tflite", "export/export/model.keras",
+            "export/export/model.mlpackage"} <= files
+    # Registered under the variant's name, tagged with its training stage's dvc.lock entry.
+    client = mlflow.MlflowClient()
+    [version] = client.search_model_versions("name = 'cnn'")
+    lock = yaml.safe_load((tiny_project / "dvc.lock").read_text())["stages"]["train@cnn"]
+    [model_out] = [o for o in lock["outs"] if o["path"] == "models/cnn/model.keras"]
+    assert version.tags["dvc.lock.model_md5"] == model_out["md5"] and version.tags["dvc.stage"] == "train@cnn"
+    assert len(version.tags["dvc.lock.stage_sha256"]) == 64
+    info = mlflow.models.get_model_info(f"models:/cnn/{version.version}")
     assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 32, 32, 1]
+    assert info.saved_input_example_info is not None
+    assert cnn.data.tags["cxr.model_sha256"] == file_sha256([tiny_project / "models" / "cnn" / "model.keras"])
 
 
 def test_second_repro_has_nothing_to_do(tiny_project):
@@ -125,11 +151,12 @@ def test_second_clone_restores_every_stage_from_a_remote_and_reruns_only_what_ch
     assert _files(b / "metrics") == _files(tiny_project / "metrics")
     assert (b / "models/cnn/model.keras").read_bytes() == (tiny_project / "models/cnn/model.keras").read_bytes()
 
-    edit_params(b, lambda p: p["evaluate"].update(threshold="youden"))
-    assert sorted(_stages_run(run(["dvc", "repro"], b).stdout)) == ["evaluate@cnn", "evaluate@mobilenet", "report"]
+    edit_params(b, lambda p: p["evaluate"].update(threshold="youden"))   # export: each format's threshold
+    assert sorted(_stages_run(run(["dvc", "repro"], b).stdout)) == ["evaluate@cnn", "evaluate@mobilenet",
+                                                                    "export@cnn", "export@mobilenet", "report"]
 
     # Back to the committed value. DVC pushes no copy of git-tracked (cache: false) outputs, so
-    # evaluate executes again here, and gives A's bytes: same commit, same machine, same numbers.
+    # evaluate and export execute again here, and give A's bytes: same commit, same machine, same numbers.
     edit_params(b, lambda p: p["evaluate"].update(threshold="fbeta"))
     run(["dvc", "repro"], b)
     assert _files(b / "metrics") == _files(tiny_project / "metrics")
@@ -184,10 +211,13 @@ def test_check_repro_judges_each_metric_against_the_committed_interval(tiny_proj
 
 # Tests below change tiny_project; they run last, in this order.
 
-def test_changed_evaluate_param_reruns_only_evaluate_and_report_and_shows_in_pr_report(tiny_project):
-    edit_params(tiny_project, lambda p: p["evaluate"].update(threshold="youden"))
+def test_changed_evaluate_param_reruns_only_what_uses_it_and_shows_in_pr_report(tiny_project):
+    edit_params(tiny_project, lambda p: p["evaluate"].update(bootstrap=60))
     ran = _stages_run(run(["dvc", "repro"], tiny_project).stdout)
     assert sorted(ran) == ["evaluate@cnn", "evaluate@mobilenet", "report"]
+    edit_params(tiny_project, lambda p: p["evaluate"].update(threshold="youden"))   # also each format's threshold
+    ran = _stages_run(run(["dvc", "repro"], tiny_project).stdout)
+    assert sorted(ran) == ["evaluate@cnn", "evaluate@mobilenet", "export@cnn", "export@mobilenet", "report"]
     report = run(["cxr", "pr-report", "--base", "HEAD"], tiny_project).stdout
     assert "evaluate.threshold" in report and "fbeta" in report and "youden" in report
     assert "abnormal.threshold_method" in report or "abnormal.at_threshold" in report

@@ -4,17 +4,23 @@ Store: ``MLFLOW_TRACKING_URI`` when set, else ``mlflow.db`` (SQLite) at the
 repository root (gitignored; never a DVC output), the same file for
 ``dvc repro`` and for ``dvc exp run --temp`` / ``--queue`` runs, which execute
 in a temporary copy inside ``.dvc`` but get the repository in ``DVC_ROOT``.
-Runs are linked to models by content: every training run is tagged with the
-sha256 of the model file it produced, and evaluation logs into the newest run
-with that tag, so no run ID has to live in a DVC output (which would change its hash every run).
+Runs are linked by content, so no run ID has to live in a DVC output (which
+would change its hash every run): a data run per data version (tagged with
+the sha256 of labels, splits and cache) holds the data stages' metrics; each
+training run nests under it and is tagged with the sha256 of the model file
+it produced; evaluate and export log child runs of the newest run with that
+tag, and export registers its model, tagged with the training stage's
+``dvc.lock`` entry.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -22,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cxr.errors import CxrError, first_line
+from cxr.outputs import file_sha256
+from cxr.paths import DVC_LOCK
 
 DEFAULT_STORE = "mlflow.db"
 EXPERIMENT = "cxr-pipeline"
@@ -29,6 +37,10 @@ TAG_VARIANT = "cxr.variant"
 TAG_STAGE = "cxr.stage"
 TAG_MODEL = "cxr.model_sha256"
 TAG_DATA = "cxr.data_sha256"
+TAG_EXPERIMENT = "dvc.exp_name"        # set by DVC for `dvc exp run` (workspace, temp or queued)
+STAGE_DATA = "data"
+TAG_LOCK_MD5 = "dvc.lock.model_md5"    # registry: the model's md5 as train@<variant> in dvc.lock records it
+TAG_LOCK_ENTRY = "dvc.lock.stage_sha256"  # registry: sha256 of the whole train@<variant> entry of dvc.lock
 
 
 class TrackingError(CxrError):
@@ -60,14 +72,10 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                             "or an http(s) tracking server")
 
 
-def file_sha256(paths: Iterable[str | os.PathLike]) -> str:
-    """One sha256 over the bytes of several files, in order."""
-    h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+def run_tags(env: dict | None = None) -> dict[str, str]:
+    """Tags every run gets: the git state, and the DVC experiment it belongs to, if any."""
+    env = os.environ if env is None else env
+    return {**git_state(), **({TAG_EXPERIMENT: env["DVC_EXP_NAME"]} if env.get("DVC_EXP_NAME") else {})}
 
 
 def git_state(cwd: str | os.PathLike = ".") -> dict[str, str]:
@@ -169,17 +177,48 @@ def _failures() -> tuple[type[BaseException], ...]:
     return (MlflowException, SQLAlchemyError, OSError)
 
 
+def _data_run(mlflow, data_sha256: str, data_metrics: dict[str, dict]) -> str:
+    """ID of the parent run of this data version (labels, splits and cache by content):
+    found by its tag, or created holding the data stages' metrics.
+
+    The data stages run before the content they make is known, and are often
+    restored rather than run; their metric files are what they measured, so the
+    first training on that data records them once, for every variant to nest under.
+    """
+    from mlflow.entities import Metric
+
+    experiment_id = mlflow.set_experiment(EXPERIMENT).experiment_id
+    found = mlflow.search_runs([experiment_id], output_format="list", max_results=1,
+                               filter_string=f"tags.`{TAG_STAGE}` = '{STAGE_DATA}' and tags.`{TAG_DATA}` = '{data_sha256}'")
+    if found:
+        return found[0].info.run_id
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(experiment_id, run_name=f"data {data_sha256[:8]}",
+                               tags={TAG_STAGE: STAGE_DATA, TAG_DATA: data_sha256, **run_tags()}).info.run_id
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in flatten(data_metrics).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    # log_batch (at most 1000 metrics a call), not the fluent API, which stays the training run's.
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+    client.set_terminated(run_id)
+    return run_id
+
+
 @contextmanager
-def training_run(variant: str, stage: str, params: dict, data_sha256: str, uri: str | None = None):
-    """An MLflow run for one training of ``variant``; yields its ``TrainingRun``."""
+def training_run(variant: str, stage: str, params: dict, data_sha256: str, uri: str | None = None,
+                 data_metrics: dict[str, dict] | None = None):
+    """An MLflow run for one training of ``variant``, nested under the run of its data
+    (``data_metrics``: what the data stages measured, by stage); yields its ``TrainingRun``."""
     import mlflow
 
     uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
-    tags = {TAG_VARIANT: variant, TAG_STAGE: stage, TAG_DATA: data_sha256, **git_state()}
+    tags = {TAG_VARIANT: variant, TAG_STAGE: stage, TAG_DATA: data_sha256, **run_tags()}
     try:  # before any training: failing here loses nothing
-        mlflow.set_experiment(EXPERIMENT)
-        run_id = mlflow.start_run(run_name=variant, tags=tags).info.run_id
+        parent = _data_run(mlflow, data_sha256, data_metrics or {})
+        # The tag, not start_run(parent_run_id=): MLflow nests only under an active run that way.
+        run_id = mlflow.start_run(run_name=variant, tags={**tags, "mlflow.parentRunId": parent}).info.run_id
         mlflow.log_params({k: "null" if v is None else v for k, v in flatten(params).items()})
     except _failures() as e:
         if mlflow.active_run():
@@ -199,7 +238,7 @@ def training_run(variant: str, stage: str, params: dict, data_sha256: str, uri: 
 
 def log_trained_model(mlflow, model, model_path: str | os.PathLike, summary: dict,
                       artifacts: Iterable[str | os.PathLike] = ()) -> None:
-    """The model (with signature), its summary metrics, artifacts and content tag."""
+    """The model (with signature and input example), its summary metrics, artifacts and content tag."""
     import numpy as np
     from mlflow.models import infer_signature
 
@@ -210,7 +249,8 @@ def log_trained_model(mlflow, model, model_path: str | os.PathLike, summary: dic
     import tensorflow as tf
     # Pinned here: MLflow's own requirement inference reloads the model in a subprocess (~10 s).
     requirements = [f"tensorflow-cpu=={tf.__version__}", f"keras=={keras.__version__}"]
-    mlflow.tensorflow.log_model(model, name="model", signature=signature, pip_requirements=requirements)
+    mlflow.tensorflow.log_model(model, name="model", signature=signature, input_example=example,
+                                pip_requirements=requirements)
     mlflow.log_metrics({f"best_{k}": float(v) for k, v in summary.items()
                         if isinstance(v, (int, float)) and v == v})
     for path in artifacts:
@@ -235,48 +275,93 @@ def find_training_run(variant: str, model_path: str | os.PathLike, uri: str | No
 
 
 
-def log_evaluation(variant: str, model_path: str | os.PathLike, metrics: dict[str, float], params: dict,
-                   artifacts: Iterable[str | os.PathLike] = (), uri: str | None = None) -> str | None:
-    """Log an evaluation as a child run of the training run of this exact model file.
+# Stages that use a trained model log a child run of its training run; their metrics
+# also land on the training run under these prefixes.
+STAGE_PREFIX = {"evaluate": "test_", "export": "export_"}
 
-    The child holds the evaluate params (MLflow params are immutable, and each
-    evaluation may use other ones), the test metrics and the pictures; the
-    training run also gets the latest test metrics, so one view shows a model's
-    training and its test results. Without a training run (store reset), a
-    new top-level run tagged the same way. Returns the child's run ID; None,
-    with one warning line, if the store fails (an ``mlflow.db`` locked by
-    another process): the stage's outputs are written before and stand.
+
+def log_model_stage(stage: str, variant: str, model_path: str | os.PathLike, metrics: dict[str, float],
+                    params: dict, artifacts: Iterable[str | os.PathLike] = (), uri: str | None = None) -> str | None:
+    """Log ``stage`` (evaluate, export) as a child run of the training run of this exact model file.
+
+    The child holds the stage's params (MLflow params are immutable, and each
+    run of the stage may use other ones), its metrics and its files (folders
+    whole); the training run also gets the latest metrics, so one view shows a
+    model's training, test results and export. Without a training run (store
+    reset, model restored from a DVC cache), a new top-level run tagged the
+    same way. Returns the child's run ID; None, with one warning line, if the
+    store fails (an ``mlflow.db`` locked by another process): the stage's
+    outputs are written before and stand.
     """
     try:
-        return _log_evaluation(variant, model_path, metrics, params, artifacts, uri)
+        return _log_model_stage(stage, variant, model_path, metrics, params, artifacts, uri)
     except _failures() as e:
-        _warn(f"MLflow: the evaluation of {variant} was not logged ({first_line(e)}); its metrics and plots "
-              "are written", stage="evaluate")
+        _warn(f"MLflow: {stage}@{variant} was not logged ({first_line(e)}); its outputs are written", stage=stage)
         return None
 
 
-def _log_evaluation(variant, model_path, metrics, params, artifacts, uri) -> str:
+def _log_model_stage(stage, variant, model_path, metrics, params, artifacts, uri) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(uri or tracking_uri())
     mlflow.set_experiment(EXPERIMENT)
-    test_metrics = {f"test_{k}": float(v) for k, v in metrics.items() if v is not None}
-    tags = {TAG_VARIANT: variant, TAG_STAGE: f"evaluate@{variant}", TAG_MODEL: file_sha256([model_path]),
-            **git_state()}
+    prefixed = {f"{STAGE_PREFIX[stage]}{k}": float(v) for k, v in metrics.items() if v is not None}
+    tags = {TAG_VARIANT: variant, TAG_STAGE: f"{stage}@{variant}", TAG_MODEL: file_sha256([model_path]),
+            **run_tags()}
+
+    def log_child(nested: bool) -> str:
+        with mlflow.start_run(run_name=f"{stage} {variant}", nested=nested, tags=tags) as run:
+            mlflow.log_metrics(prefixed)
+            mlflow.log_params({f"{stage}.{k}": v for k, v in flatten(params).items()})
+            for path in map(Path, artifacts):
+                if path.is_dir():
+                    mlflow.log_artifacts(str(path), artifact_path=f"{stage}/{path.name}")
+                else:
+                    mlflow.log_artifact(str(path), artifact_path=stage)
+            return run.info.run_id
+
     parent = find_training_run(variant, model_path, uri)
-    if parent:
-        with mlflow.start_run(run_id=parent):
-            mlflow.log_metrics(test_metrics)
-            with mlflow.start_run(run_name=f"evaluate {variant}", nested=True, tags=tags) as run:
-                _log_evaluation_run(mlflow, test_metrics, params, artifacts)
-                return run.info.run_id
-    with mlflow.start_run(run_name=f"evaluate {variant}", tags=tags) as run:
-        _log_evaluation_run(mlflow, test_metrics, params, artifacts)
-        return run.info.run_id
+    if parent is None:
+        return log_child(nested=False)
+    with mlflow.start_run(run_id=parent):
+        mlflow.log_metrics(prefixed)
+        return log_child(nested=True)
 
 
-def _log_evaluation_run(mlflow, metrics: dict, params: dict, artifacts) -> None:
-    mlflow.log_metrics(metrics)
-    mlflow.log_params({f"evaluate.{k}": v for k, v in flatten(params).items()})
-    for path in artifacts:
-        mlflow.log_artifact(str(path), artifact_path="evaluation")
+def lock_tags(stage: str, out: str, lock_path: str | os.PathLike = DVC_LOCK) -> dict[str, str]:
+    """Tags naming ``stage``'s entry in ``dvc.lock`` and the md5 it records for ``out``, if that
+    entry is current (the md5 matches the file); DVC restores exactly that file from it."""
+    import yaml
+    from dvc_data.hashfile.hash import file_md5
+
+    try:
+        entry = yaml.safe_load(Path(lock_path).read_text())["stages"][stage]
+        recorded = next(o["md5"] for o in entry["outs"] if o["path"] == out)
+    except (OSError, KeyError, TypeError, StopIteration, yaml.YAMLError):
+        return {TAG_LOCK_MD5: f"not in {lock_path}"}
+    actual = file_md5(out)
+    if recorded != actual:
+        return {TAG_LOCK_MD5: f"{lock_path} records {recorded}, the file is {actual} (not committed by DVC)"}
+    digest = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+    return {TAG_LOCK_MD5: recorded, TAG_LOCK_ENTRY: digest, "dvc.stage": stage}
+
+
+def register_model(variant: str, model_path: str | os.PathLike, tags: dict[str, str],
+                   uri: str | None = None) -> str | None:
+    """Register the Keras model logged by this model file's training run in the Model
+    Registry under ``variant``, its version tagged with ``tags``; the version, or None
+    with one warning line (no such run, e.g. the model was restored from a DVC cache;
+    a failing store)."""
+    import mlflow
+
+    try:
+        run_id = find_training_run(variant, model_path, uri)
+        if run_id is None:
+            _warn(f"MLflow: no training run produced {model_path} (restored from a DVC cache?); "
+                  "not registered", stage="export")
+            return None
+        [logged] = mlflow.get_run(run_id).outputs.model_outputs
+        return mlflow.register_model(f"models:/{logged.model_id}", variant, tags=tags).version
+    except _failures() as e:
+        _warn(f"MLflow: {variant} was not registered ({first_line(e)})", stage="export")
+        return None
