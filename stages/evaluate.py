@@ -9,7 +9,8 @@ from cxr import compute, tracking  # noqa: E402
 from cxr.errors import run_command  # noqa: E402
 from cxr.outputs import atomic_path, write_csv, write_json  # noqa: E402
 from cxr.params import load_variant  # noqa: E402
-from cxr.paths import BOXES, CACHE, LABELS, SPLITS, model_file, stage_metrics, variant_reports  # noqa: E402
+from cxr.paths import (BOXES, CACHE, LABELS, OFFICIAL_METADATA, SPLITS, model_file, stage_metrics,  # noqa: E402
+                       variant_reports)
 
 
 
@@ -20,9 +21,13 @@ def main() -> None:
     tracking.check_tracking_uri(uri)
     compute.configure(params.compute)
 
+    import pandas as pd
+
     from cxr import gradcam, plots
     from cxr.data.dataset import load_dataset
-    from cxr.evaluate import curve_tables, evaluate_predictions, flat_metrics
+    from cxr.baselines import metadata_baselines
+    from cxr.data.metadata import read_metadata
+    from cxr.evaluate import bootstrap_weights, curve_tables, evaluate_predictions, flat_metrics
     from cxr.inference import load_model, predict
 
     model_path = model_file(variant)
@@ -64,6 +69,11 @@ def main() -> None:
                 gradcam.save_overlay(test_images[i], cam, tmp / test.names[i],
                                      f"{test.names[i]}  {names[0]} score {score[i]:.2f}")
     metrics["localization"] = gradcam.localization(cams, boxes)
+    # What age, sex and view alone predict, beside the model (no image).
+    test_table = pd.read_csv(LABELS, dtype={"Patient ID": str}).set_index("Image Index").loc[list(test.names)]
+    decision["baselines"].update(metadata_baselines(
+        read_metadata(OFFICIAL_METADATA), set(test.patients) | set(val.patients), params.labels.views, names[0],
+        test_table, truth, bootstrap_weights(test.patients, ep.bootstrap, ep.seed), ep.seed))
     write_json(stage_metrics("eval", variant), metrics)
     tracking.log_model_stage("evaluate", variant, model_path, flat_metrics(metrics), dataclasses.asdict(ep),
                              artifacts=pictures, uri=uri)

@@ -121,6 +121,12 @@ def bootstrap_auroc(y: np.ndarray, p: np.ndarray, patients: np.ndarray, rounds: 
     return [interval(scores[:, j], level) for j in range(scores.shape[1])]
 
 
+def auroc_with_interval(truth: np.ndarray, score: np.ndarray, weights: np.ndarray) -> dict:
+    """``{'auroc', 'auroc_ci95'}`` of one yes/no score, the interval under bootstrap ``weights``."""
+    auroc = per_class_auroc(truth[:, None], score[:, None], ["score"])["score"]
+    return {"auroc": auroc, "auroc_ci95": interval(bootstrap_aurocs(truth[:, None], score[:, None], weights)[:, 0])}
+
+
 def mean_auroc_interval(y: np.ndarray, p: np.ndarray, patients: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS,
                         seed: int = 0, min_positives: int = 1) -> dict[str, float] | None:
     """Interval of ``mean_auroc`` (over the classes it counts) from a patient-level bootstrap."""
@@ -266,8 +272,6 @@ def evaluate_predictions(targets: Sequence[str], test_y: np.ndarray, test_p: np.
     truth, score = test_y.max(axis=1), decision_score(test_p)
     val_truth, val_score = val_y.max(axis=1), decision_score(val_p)
     t = choose_threshold(val_truth, val_score, threshold, beta)
-    decision_auroc = per_class_auroc(truth[:, None], score[:, None], [decision])[decision]
-    decision_ci = interval(bootstrap_aurocs(truth[:, None], score[:, None], weights)[:, 0])
     ece, reliability = calibration(truth, score)
     metrics = {
         "mean_auroc": float(np.mean([aurocs[targets[j]] for j in counted])) if counted else None,
@@ -276,7 +280,7 @@ def evaluate_predictions(targets: Sequence[str], test_y: np.ndarray, test_p: np.
         "per_class": per_class,
         "decision": decision,
         decision: {
-            "auroc": decision_auroc, "auroc_ci95": decision_ci,
+            **auroc_with_interval(truth, score, weights),
             "pr_auc": pr_auc(truth, score), "prevalence": float(truth.mean()),
             "threshold_method": threshold if isinstance(threshold, str) else "fixed",
             "threshold_source": "validation split",

@@ -12,6 +12,7 @@ RAW_METADATA = f"{RAW}/{METADATA_FILE}"
 BUNDLED = "data/sample"                            # the real NIH sample shipped with the project
 BOXES = f"{BUNDLED}/meta/BBox_List_2017.csv.gz"    # radiologists' boxes (Grad-CAM localization)
 OFFICIAL_TEST = f"{BUNDLED}/meta/test_list.txt.gz"
+OFFICIAL_METADATA = f"{BUNDLED}/meta/Data_Entry_2017_v2020.csv.gz"   # all 112,120 rows (metadata baseline)
 LABELS = "data/labels.csv"
 SPLITS = "data/splits.csv"
 CACHE = "data/cache"                               # resized uint8 images (memory-mapped)

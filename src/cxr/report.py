@@ -13,6 +13,16 @@ PUBLISHED = (
      "~0.80"),
 )
 
+# Per-finding test AUROC on the FULL dataset, as tabulated in Rajpurkar et al. 2017 (CheXNet),
+# Table 2: (Wang et al. 2017, CheXNet). Never measured here.
+PER_FINDING = {
+    "Atelectasis": (0.716, 0.8094), "Cardiomegaly": (0.807, 0.9248), "Effusion": (0.784, 0.8638),
+    "Infiltration": (0.609, 0.7345), "Mass": (0.706, 0.8676), "Nodule": (0.671, 0.7802),
+    "Pneumonia": (0.633, 0.7680), "Pneumothorax": (0.806, 0.8887), "Consolidation": (0.708, 0.7901),
+    "Edema": (0.835, 0.8878), "Emphysema": (0.815, 0.9371), "Fibrosis": (0.769, 0.8047),
+    "Pleural_Thickening": (0.708, 0.8062), "Hernia": (0.767, 0.9164),
+}
+
 
 def _num(v, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
@@ -62,19 +72,35 @@ def summary_markdown(evals: Mapping[str, dict], trains: Mapping[str, dict], expo
         lines += ["", f"Trivial baselines on the same test split: always flag {positive} → sensitivity 1.000, "
                   f"specificity 0.000, F-beta {base['always_positive']['fbeta']:.3f}; flag at random at the "
                   f"prevalence ({base['prevalence']['prevalence']:.3f}) → AUROC 0.5.", ""]
+        if "metadata" in base:
+            m, f = base["metadata"], base["metadata_with_follow_up"]
+            lines += [f"**Without the image** (gradient boosting on {m['train_rows']:,} rows of the official "
+                      f"metadata, {m['train_patients']:,} patients in neither val nor test), {positive} AUROC on "
+                      f"the same test images: age, sex and view position (what a DICOM header carries) "
+                      f"**{_auroc_cell(m)}**; adding the follow-up number {_auroc_cell(f)} — a dataset "
+                      "artifact (no scanner writes it), not usable at inference. A model that does not beat the "
+                      "first has learnt nothing from the pixels.", ""]
 
     lines += ["## AUROC per finding (test split, 95% CI from a patient-level bootstrap)", "",
-              "Italic: fewer test positives than `evaluate.min_positives`; shown, not in the mean.", "",
-              "| finding | positives | " + " | ".join(variants) + " |",
-              "|---|---|" + "---|" * len(variants)]
+              "Italic: fewer test positives than `evaluate.min_positives`; shown, not in the mean. "
+              "**Wang 2017†** (ChestX-ray8, ResNet-50, official split) and **CheXNet†** (Rajpurkar et al. "
+              "2017, DenseNet-121, random patient split): published test AUROC on all of ChestX-ray14 with "
+              "ImageNet pretraining, as tabulated in the CheXNet paper — full-data references, NOT measured "
+              "here (other splits, 200× the data, pretrained weights).", "",
+              "| finding | positives | " + " | ".join(variants) + " | Wang 2017† | CheXNet† |",
+              "|---|---|" + "---|" * len(variants) + "---|---|"]
     findings = list(evals[variants[0]]["per_class"]) if variants else []
     for f in findings:
         positives = evals[variants[0]]["per_class"][f]["positives"]
         cells = " | ".join(_auroc_cell(evals[v]["per_class"][f]) for v in variants)
-        lines.append(f"| {f} | {positives} | {cells} |")
+        wang, chexnet = PER_FINDING.get(f, (None, None))
+        lines.append(f"| {f} | {positives} | {cells} | {_num(wang)} | {_num(chexnet, 4)} |")
     means = " | ".join(f"**{_num(evals[v]['mean_auroc'], 2)}** ({evals[v]['mean_auroc_classes']} classes)"
                        for v in variants)
-    lines += [f"| **mean** | | {means} |", ""]
+    published = [PER_FINDING[f] for f in findings if f in PER_FINDING]
+    published_means = (f"{_num(sum(w for w, _ in published) / len(published))} | "
+                       f"{_num(sum(c for _, c in published) / len(published), 4)}") if published else "| "
+    lines += [f"| **mean** | | {means} | {published_means} |", ""]
 
     if exports:
         lines += ["## Exported models (size, agreement with Keras on the test split)", "",
