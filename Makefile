@@ -6,18 +6,32 @@ PYTHON ?= python3
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install browser-deps repro test test-fast pr-report check-repro bench bench-load clean
+.PHONY: install check-gpu-install browser-deps repro test test-fast pr-report check-repro bench bench-load seeds clean
 
 BASE ?= main
 
-install: $(VENV)/.installed
+# `make install GPU=1` (or `make repro GPU=1`): TensorFlow with NVIDIA's CUDA wheels, same version,
+# instead of tensorflow-cpu. `make check-gpu-install` resolves it without installing.
+GPU ?= 0
+TF_VERSION := $(shell sed -n 's/^tensorflow-cpu==//p' requirements.txt)
+INSTALLED := $(VENV)/.installed$(if $(filter 1,$(GPU)),-gpu,)
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+install: $(INSTALLED)
+
+$(INSTALLED): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
+ifeq ($(GPU),1)
+	$(BIN)/pip uninstall --quiet --yes tensorflow-cpu
+	$(BIN)/pip install --quiet "tensorflow[and-cuda]==$(TF_VERSION)"
+endif
 	$(BIN)/pip install --quiet --no-deps -e .
+	rm -f $(VENV)/.installed $(VENV)/.installed-gpu
 	touch $@
+
+check-gpu-install: install
+	$(BIN)/python bench/gpu_install.py $(TF_VERSION)
 
 repro: install
 	dvc repro
@@ -56,6 +70,11 @@ bench: repro
 # `cxr serve` under 32 concurrent clients sending real X-rays and hostile files; writes reports/load.json.
 bench-load: repro
 	$(BIN)/python bench/load.py
+
+# Every variant of params.yaml and of bench/candidates.yaml on 3 patient splits (about an hour here);
+# writes reports/seeds.json, which the report stage shows. Choose params on its validation column.
+seeds: repro
+	$(BIN)/python bench/seeds.py --candidates bench/candidates.yaml
 
 clean:
 	rm -rf $(VENV)

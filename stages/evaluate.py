@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cxr import compute, tracking  # noqa: E402
 from cxr.errors import run_command  # noqa: E402
-from cxr.outputs import atomic_path, write_csv, write_json  # noqa: E402
+from cxr.outputs import atomic_path, file_sha256, write_csv, write_json  # noqa: E402
 from cxr.params import load_variant  # noqa: E402
 from cxr.paths import (BOXES, CACHE, LABELS, OFFICIAL_METADATA, SPLITS, model_file, stage_metrics,  # noqa: E402
                        variant_reports)
@@ -75,8 +75,8 @@ def main() -> None:
         read_metadata(OFFICIAL_METADATA), set(test.patients) | set(val.patients), params.labels.views, names[0],
         test_table, truth, bootstrap_weights(test.patients, ep.bootstrap, ep.seed), ep.seed))
     write_json(stage_metrics("eval", variant), metrics)
-    tracking.log_model_stage("evaluate", variant, model_path, flat_metrics(metrics), dataclasses.asdict(ep),
-                             artifacts=pictures, uri=uri)
+    tracking.log_model_stage("evaluate", variant, file_sha256([model_path]), flat_metrics(metrics),
+                             dataclasses.asdict(ep), artifacts=pictures, uri=uri)
     a = decision
     mean = metrics["mean_auroc"]
     print(f"evaluate@{variant}: mean AUROC {mean if mean is None else round(mean, 4)} over "

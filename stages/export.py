@@ -74,20 +74,12 @@ def main() -> None:
                                 "note": "Core ML prediction runs on macOS only; the spec is checked here"}
             formats["coreml"] = {"file": bundle.COREML_FILE, "threshold": report["keras"]["threshold"],
                                  "threshold_source": "the Keras model's outputs: Core ML predicts on macOS only"}
-        bundle.write_manifest(tmp, {
-            "variant": variant, "family": info["family"],
-            "task": params.labels.task, "targets": list(data.targets),
-            "input": bundle.preprocessing(info["size"]),
-            "decision": {"positive": positive, "negative": negative,
-                         "score": ("noisy-OR of the finding probabilities, 1 - prod(1 - p)" if len(data.targets) > 1
-                                   else f"the probability of {data.targets[0]}"),
-                         "rule": "positive when score >= threshold", "threshold_method": ep.threshold,
-                         "beta": ep.beta, "threshold_source": "validation split, with each format's own outputs"},
-            "formats": formats,
-            "source": {"data": params.data.source, "split": dataclasses.asdict(params.split),
-                       "images": {"train": len(train), "val": len(val), "test": len(test)},
-                       "splits_sha256": file_sha256([SPLITS]), **tracking.git_state()},
-        })
+        source = {"data": params.data.source, "split": dataclasses.asdict(params.split),
+                  "images": {"train": len(train), "val": len(val), "test": len(test)},
+                  "splits_sha256": file_sha256([SPLITS]), **tracking.git_state()}
+        bundle.write_manifest(tmp, bundle.describe(variant, info["family"], params.labels.task, list(data.targets),
+                                                   info["size"], params.labels.decision, ep.threshold, ep.beta,
+                                                   formats, source))
     if "fp32" in report["tflite"]:
         base = report["tflite"]["fp32"]["size_mb"]
         for m in report["tflite"].values():
@@ -95,10 +87,11 @@ def main() -> None:
     write_json(stage_metrics("export", variant), report)
     # Latency is a fact about this machine, not a result: kept out of `dvc metrics`.
     write_json(timings("export", variant), latency)
-    tracking.log_model_stage("export", variant, model_file(variant), flat_metrics(report),
-                             dataclasses.asdict(xp), artifacts=[out], uri=uri)
-    tracking.register_model(variant, model_file(variant), tracking.lock_tags(f"train@{variant}", model_file(variant)),
-                            uri)
+    model_sha = file_sha256([model_file(variant)])
+    tracking.log_model_stage("export", variant, model_sha, flat_metrics(report), dataclasses.asdict(xp),
+                             artifacts=[out], uri=uri)
+    tracking.register_model(variant, model_file(variant), model_sha,
+                            tracking.lock_tags(f"train@{variant}", model_file(variant)), uri)
     print(f"export@{variant}: " + ", ".join(
         f"{fmt} {m['size_mb']:.2f} MB {latency[fmt]['ms_per_image']:.1f} ms/img max|Δ| {m['max_abs_diff']:.2g} "
         f"threshold {m['threshold']:.3f}" for fmt, m in report["tflite"].items()))

@@ -1,11 +1,12 @@
 """report: reports/summary.md across all variants in params.yaml."""
+import dataclasses
 import json
 from pathlib import Path
 
 from cxr.errors import CxrError, run_command
 from cxr.outputs import atomic_path
 from cxr.params import load_params
-from cxr.paths import REPORTS, stage_metrics
+from cxr.paths import REPORTS, SEED_STUDY, stage_metrics
 from cxr.report import summary_markdown
 
 OUT = f"{REPORTS}/summary.md"
@@ -15,7 +16,8 @@ def _read(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise CxrError(f"{path}: missing; run its stage first (dvc repro)") from None
+        hint = "make seeds" if str(path) == SEED_STUDY else "dvc repro"
+        raise CxrError(f"{path}: missing; make it first ({hint})") from None
 
 
 def main() -> None:
@@ -26,8 +28,11 @@ def main() -> None:
     exports = {v: _read(p) for v in variants if (p := Path(stage_metrics("export", v))).exists()}
     data = {"source": params.data.source, "images": labels["rows"], "patients": labels["patients"],
             "split": params.split.method, "test_images": split["test"]["images"], "size": params.image.size}
+    seeds = _read(Path(SEED_STUDY))   # measured by bench/seeds.py (make seeds), not by a stage
+    raw_models = {v: dataclasses.asdict(m) for v, m in params.models.items()}
     text = summary_markdown({v: _read(Path(stage_metrics("eval", v))) for v in variants},
-                            {v: _read(Path(stage_metrics("train", v))) for v in variants}, exports, data)
+                            {v: _read(Path(stage_metrics("train", v))) for v in variants}, exports, data,
+                            seeds, raw_models)
     with atomic_path(OUT) as tmp:
         tmp.write_text(text)
     print(f"report: {OUT} ({len(variants)} variants)")

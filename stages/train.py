@@ -10,7 +10,7 @@ from cxr import compute, tracking  # noqa: E402
 from cxr.errors import run_command  # noqa: E402
 from cxr.models import check_weights  # noqa: E402
 from cxr.outputs import atomic_path, file_sha256, write_json  # noqa: E402
-from cxr.params import load_variant  # noqa: E402
+from cxr.params import ModelParams, load_variant  # noqa: E402
 from cxr.paths import (CACHE, CACHE_IMAGES_FILE, CACHE_INDEX_FILE, DATA_STAGE_METRICS, LABELS, MODEL_INFO,  # noqa: E402
                        SPLITS, model_dir, model_file, stage_metrics, timings, variant_reports)
 
@@ -20,13 +20,14 @@ def main() -> None:
     variant, params = load_variant(description=__doc__)
     model_params = params.model(variant)
     # Fail fast, before data loading or TensorFlow start-up.
-    check_weights(model_params.weights, model_params.family, f"params.yaml: models.{variant}.weights")
+    if isinstance(model_params, ModelParams):
+        check_weights(model_params.weights, model_params.family, f"params.yaml: models.{variant}.weights")
     uri = tracking.tracking_uri()
     tracking.check_tracking_uri(uri)
     compute.configure(params.compute)
 
     from cxr import train
-    from cxr.evaluate import BOOTSTRAP_ROUNDS, is_collapsed, mean_auroc_interval, prediction_spread
+    from cxr.evaluate import BOOTSTRAP_ROUNDS, decision_auroc, is_collapsed, mean_auroc_interval, prediction_spread
     from cxr.data.dataset import load_dataset
     from cxr.plots import plot_history
 
@@ -45,7 +46,8 @@ def main() -> None:
     # this data version; only logged, so not deps.
     data_metrics = {stage: json.loads(Path(stage_metrics(stage)).read_text()) for stage in DATA_STAGE_METRICS
                     if Path(stage_metrics(stage)).is_file()}
-    with tracking.training_run(variant, f"train@{variant}", used, data_sha, uri, data_metrics) as run:
+    with tracking.training_run(variant, f"train@{variant}", used, data_sha, uri, data_metrics,
+                               tags=train.devices()) as run:
         result = train.train_model(dataset, model_params, params.train, params.image.size, name=variant,
                                    callbacks=[run.epoch_callback()], strategy=strategy)
         train.save_model(result.model, model_file(variant))
@@ -55,11 +57,14 @@ def main() -> None:
             tmp.write_text(train.history_rows_to_csv(result.history))
         plot_path = plot_history(result.history, f"{variant_reports(variant)}/history.png", title=f"{variant}: training")
         val = dataset.splits["val"]
+        decision = decision_auroc(val.y, result.val_predictions, val.patients, BOOTSTRAP_ROUNDS, params.train.seed)
         summary = {"best_epoch": result.best["epoch"], "train_loss": result.best["loss"],
                    "train_auroc": result.best["auroc"], "val_loss": result.best["val_loss"],
                    "val_auroc": result.best["val_auroc"],
                    "val_auroc_ci95": mean_auroc_interval(val.y, result.val_predictions, val.patients,
                                                          BOOTSTRAP_ROUNDS, params.train.seed),
+                   # the yes/no score the bundle thresholds: what `cxr predict` picks its default by
+                   "val_decision_auroc": decision["auroc"], "val_decision_auroc_ci95": decision["auroc_ci95"],
                    "val_prediction_spread": prediction_spread(result.val_predictions),
                    "collapsed": is_collapsed(result.val_predictions), "epochs_run": result.epochs_run,
                    "train_images": len(dataset.splits["train"]), "val_images": len(val)}

@@ -102,25 +102,28 @@ def test_predict_png_jpeg_dicom_and_folder(tiny_project, tmp_path):
 
 def _best(project):
     trains = {p.stem: json.loads(p.read_text()) for p in (project / "metrics" / "train").glob("*.json")}
-    scores = {v: t["val_auroc"] for v, t in trains.items() if not t["collapsed"]}
+    scores = {v: t["val_decision_auroc"] for v, t in trains.items() if not t["collapsed"]}
     return max(scores, key=scores.get)
 
 
 def test_default_model_is_the_best_variant_that_did_not_collapse(tmp_path):
     from cxr.predict import PredictError, best_variant
 
-    def trained(variant, val_auroc, collapsed):
+    def trained(variant, val_decision_auroc, collapsed):
         (tmp_path / "models" / variant / "export").mkdir(parents=True)
         (tmp_path / "models" / variant / "export" / "manifest.json").write_text("{}")
         (tmp_path / "metrics" / "train").mkdir(parents=True, exist_ok=True)
         (tmp_path / "metrics" / "train" / f"{variant}.json").write_text(
-            json.dumps({"val_auroc": val_auroc, "collapsed": collapsed}))
+            json.dumps({"val_auroc": 0.9, "val_decision_auroc": val_decision_auroc, "collapsed": collapsed}))
 
     trained("mobilenet", 0.62, True)   # a constant model can score above chance on a small val split
     trained("cnn", 0.57, False)
+    trained("linear", 0.55, False)     # chosen by the decision it makes, not the mean over findings
     assert best_variant(tmp_path) == "cnn"
-    (tmp_path / "metrics" / "train" / "cnn.json").write_text(json.dumps({"val_auroc": 0.57, "collapsed": True}))
-    with pytest.raises(PredictError, match=r"no usable exported model \(collapsed, not used by default: cnn, mob"):
+    for variant in ("cnn", "linear"):
+        (tmp_path / "metrics" / "train" / f"{variant}.json").write_text(
+            json.dumps({"val_decision_auroc": 0.57, "collapsed": True}))
+    with pytest.raises(PredictError, match=r"no usable exported model \(collapsed, not used by default: cnn, linear, mob"):
         best_variant(tmp_path)
 
 

@@ -29,6 +29,23 @@ def test_registry_offers_more_keras_applications():
     assert model.output_shape == (None, 2)
 
 
+@pytest.mark.parametrize("family", ["densenet169", "vgg16", "inception_v3", "xception", "nasnetmobile"])
+def test_every_backbone_builds_at_its_smallest_size_and_has_a_heatmap(family):
+    from cxr.gradcam import _feature_forward, grad_cam
+    keras.utils.set_random_seed(0)
+    size = MODELS[family].min_size
+    model = build_model(family, size, 3, dropout=0.1)
+    x = np.random.default_rng(0).integers(0, 256, (2, size, size, 1)).astype("float32")
+    assert model.predict(x, verbose=0).shape == (2, 3)
+    features, _ = _feature_forward(model)(x)
+    assert features.shape[1] > 1   # a spatial map to explain (an untrained model's heat may be all 0)
+    cams = grad_cam(model, x)
+    assert cams.shape == (2, size, size) and np.isfinite(cams).all() and 0 <= cams.min() <= cams.max() <= 1
+    if size > 32:
+        with pytest.raises(ModelError, match=f"{family} needs images of at least {size} px, got {size - 1}"):
+            build_model(family, size - 1, 3, dropout=0.1)
+
+
 def test_gray_input_is_repeated_to_three_channels_inside_the_model():
     model = build_model("mobilenet", 32, 1, dropout=0.0)
     rgb = model.get_layer("gray_to_rgb")

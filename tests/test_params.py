@@ -117,10 +117,31 @@ def test_a_huge_wrong_value_is_shown_shortened():
 def test_anchors_and_merge_keys_still_work(tmp_path):
     raw = copy.deepcopy(RAW)
     models = raw.pop("models")
-    first = next(iter(models))
+    first = "cnn"
     block = yaml.safe_dump({"models": models}, sort_keys=False).replace(f"  {first}:\n", f"  {first}: &base\n", 1)
     text = yaml.safe_dump(raw, sort_keys=False) + block + "  copy:\n    <<: *base\n    epochs: 2\n"
     (tmp_path / "params.yaml").write_text(text)
     p = load_params(tmp_path / "params.yaml")
     assert p.model("copy").epochs == 2
     assert p.model("copy").family == p.model(first).family
+
+
+def test_linear_variants_have_keys_of_their_own():
+    from cxr.params import LinearParams
+    assert isinstance(load_params(ROOT / "params.yaml").model("linear"), LinearParams)
+    assert _error(lambda r: r["models"]["linear"].update(epochs=3)) == \
+        "params.yaml: models.linear.epochs: unknown key"
+    assert _error(lambda r: r["models"]["linear"].pop("C")) == \
+        "params.yaml: models.linear.C: missing, expected a number in (0.0, 1000000.0]"
+    assert _error(lambda r: r["models"]["linear"].update(size=20)) == \
+        "params.yaml: models.linear.size: expected a divisor of image.size (128), got 20"
+    # a network entry still has the network keys
+    assert _error(lambda r: r["models"]["cnn"].update(components=5)) == \
+        "params.yaml: models.cnn.components: unknown key"
+
+
+def test_a_family_too_large_for_the_image_size_is_refused():
+    def inception(r):
+        r["models"]["cnn"]["family"] = "inception_v3"
+        r["image"]["size"] = 64
+    assert _error(inception) == "params.yaml: models.cnn.family: inception_v3 needs image.size >= 75, got 64"

@@ -97,6 +97,8 @@ def test_mlflow_holds_the_data_each_variant_its_train_evaluate_export_and_the_re
     assert cnn.data.tags["cxr.stage"] == "train@cnn" and cnn.data.tags["cxr.data_sha256"] == data_run.data.tags[
         "cxr.data_sha256"]
     assert cnn.data.tags["git.commit"] == "unknown"  # the pipeline ran before the first commit
+    assert cnn.data.tags["cxr.devices"] == "/device:CPU:0" and cnn.data.tags["cxr.gpus"] == "none"
+    assert cnn.data.params["train.mixed_precision"] == "none"
     assert {"val_auroc", "best_val_auroc", "test_abnormal.auroc", "test_mean_auroc_classes",
             "export_tflite.int8.threshold"} <= set(cnn.data.metrics)
     children = {r.data.tags["cxr.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == cnn.info.run_id}
@@ -227,3 +229,38 @@ def test_changed_variant_param_reruns_only_that_variant(tiny_project):
     edit_params(tiny_project, lambda p: p["models"]["cnn"].update(dropout=0.3))
     ran = _stages_run(run(["dvc", "repro"], tiny_project).stdout)
     assert sorted(ran) == ["evaluate@cnn", "export@cnn", "report", "train@cnn"]
+
+
+def test_adding_the_linear_variant_runs_only_its_stages_and_it_goes_everywhere_a_network_goes(tiny_project):
+    """`linear` (fitted by scikit-learn) is trained, evaluated, exported, predicted and logged like any variant."""
+    import mlflow
+    import yaml
+
+    from conftest import BUNDLED, ROOT
+    linear = yaml.safe_load((ROOT / "params.yaml").read_text())["models"]["linear"]
+    edit_params(tiny_project, lambda p: p["models"].update(linear=linear))
+    ran = _stages_run(run(["dvc", "repro"], tiny_project).stdout)
+    assert sorted(ran) == ["evaluate@linear", "export@linear", "report", "train@linear"]
+
+    trained = json.loads((tiny_project / "metrics" / "train" / "linear.json").read_text())
+    assert trained["epochs_run"] == 1 and 0.3 < trained["val_auroc"] < 1 and not trained["collapsed"]
+    evaluation = json.loads((tiny_project / "metrics" / "eval" / "linear.json").read_text())
+    assert 0 <= evaluation["abnormal"]["auroc"] <= 1
+    assert len(list((tiny_project / "reports" / "linear" / "heatmaps").iterdir())) == 2
+    exported = json.loads((tiny_project / "metrics" / "export" / "linear.json").read_text())
+    assert exported["tflite"]["fp32"]["max_abs_diff"] < 1e-4
+    assert abs(exported["tflite"]["int8"]["mean_auroc_delta"]) < 0.05  # ranks kept; single outputs may move more
+    manifest = json.loads((tiny_project / "models" / "linear" / "export" / "manifest.json").read_text())
+    assert manifest["family"] == "linear" and (tiny_project / "models/linear/export/model.mlpackage").is_dir()
+    assert "| linear |" in (tiny_project / "reports" / "summary.md").read_text()
+
+    image = sorted((BUNDLED / "images").glob("*.png"))[0]
+    for model, name in (("models/linear", "linear (keras)"),
+                        ("models/linear/export/model_int8.tflite", "linear (model_int8.tflite)")):
+        proc = run(["cxr", "predict", str(image), "--json", "--model", model], tiny_project)
+        result = json.loads(proc.stdout)
+        assert result["model"] == name and 0 <= result["abnormal_score"] <= 1
+
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_project / 'mlflow.db'}")
+    [version] = mlflow.MlflowClient().search_model_versions("name = 'linear'")
+    assert version.tags["dvc.stage"] == "train@linear"

@@ -34,3 +34,38 @@ def test_metadata_baselines_are_reported_and_the_follow_up_one_marked_unusable()
     text = summary_markdown({"cnn": evaluation}, {}, {}, DATA)
     assert "111,300 rows of the official metadata" in text and "**0.63 (0.48–0.77)**" in text
     assert "adding the follow-up number 0.60 (0.48–0.77) — a dataset artifact" in text and "not usable" in text
+
+
+def _study_row(family: str, val: float, params: dict | None = None) -> dict:
+    def s(mean):
+        return {"mean": mean, "ci95": {"low": mean - 0.1, "high": mean + 0.1}, "seeds": 3}
+    return {"params": params or {"family": family}, "over_seeds": {
+        "val_abnormal_auroc": s(val), "test_abnormal_auroc": s(val - 0.05), "val_mean_auroc": s(0.55),
+        "seconds": s(100.0)}}
+
+
+LINEAR = {"family": "linear", "size": 32, "components": 100, "C": 0.01}
+
+
+def test_seed_study_says_whether_an_image_model_beats_linear_and_which_model_predict_uses():
+    trains = {"cnn": {"val_decision_auroc": 0.58, "collapsed": False},
+              "linear": {"val_decision_auroc": 0.74, "collapsed": False},
+              "mobilenet": {"val_decision_auroc": 0.80, "collapsed": True}}
+    study = {"seeds": [42, 1, 2], "images": "bundled sample", "image_size": 32, "variants": {
+        "cnn": _study_row("cnn", 0.55, {"family": "cnn", "epochs": 3}),
+        "linear": _study_row("linear", 0.73, LINEAR),
+        "lin_16_10_c1": _study_row("linear", 0.61, {**LINEAR, "size": 16}),
+        "cnn_lr3e4": _study_row("cnn", 0.60)}}
+    models = {"cnn": {"family": "cnn", "epochs": 15}, "linear": LINEAR}
+    evals = {v: _evaluation(i) for i, v in enumerate(trains)}
+    text = summary_markdown(evals, trains, {}, DATA, study, models)
+    assert "Default model of `cxr predict` / `cxr serve`: **linear**" in text   # mobilenet collapsed
+    assert "| linear | linear | 0.730 (0.63–0.83) | 0.680 (0.58–0.78) | 100 | yes |" in text
+    assert "| cnn | cnn | 0.550 (0.45–0.65) |" in text and "**no: measured with other settings** |" in text
+    assert "| cnn_lr3e4 | cnn |" in text and "no (a tuning candidate) |" in text
+    assert "lin_16_10_c1" not in text and "Not shown: 1 other `linear` settings" in text
+    assert "**The best image variant, `cnn_lr3e4` (0.600), does NOT beat `linear` (0.730)" in text
+
+    study["variants"]["cnn_lr3e4"] = _study_row("cnn", 0.75)
+    text = summary_markdown(evals, trains, {}, DATA, study, models)
+    assert "**The best image variant, `cnn_lr3e4` (0.750), beats `linear` (0.730) on validation" in text

@@ -44,3 +44,65 @@ def _exp_ref(repo: Path, env: dict, name: str) -> str:
                           capture_output=True, text=True, check=True).stdout.split()
     [ref] = [r for r in refs if r.endswith(f"/{name}")]
     return ref.removeprefix("refs/exps/")
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _started(server: subprocess.Popen, marker: str, timeout: float) -> list[str]:
+    """The server's output lines up to the one containing ``marker`` (read as they come)."""
+    import queue
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in server.stdout], daemon=True).start()
+    seen = []
+    while not seen or marker not in seen[-1]:
+        try:
+            seen.append(lines.get(timeout=timeout))
+        except queue.Empty:
+            raise AssertionError("mlflow server did not start:\n" + "".join(seen)) from None
+    return seen
+
+
+def test_a_real_tracking_server_takes_the_training_run_and_its_model(project, tmp_path):
+    """`mlflow server` (SQLite backend, local artifact root) on 127.0.0.1; one training stage logs to it."""
+    import mlflow
+
+    from conftest import edit_params, tiny_params
+    edit_params(project, lambda p: (tiny_params(p), p.update(models={"cnn": p["models"]["cnn"]})))
+    run(["dvc", "repro", "resize", "split"], project)
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+         f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _started(server, f"Uvicorn running on {uri}", timeout=120)
+        trained = run(["python", "stages/train.py", "cnn"], project, env={"MLFLOW_TRACKING_URI": uri})
+        assert "train@cnn: best epoch 1 of 1" in trained.stdout
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name("cxr-pipeline")
+        [training] = client.search_runs([experiment.experiment_id], "tags.`cxr.stage` = 'train@cnn'")
+        assert training.info.status == "FINISHED" and training.data.params["model.family"] == "cnn"
+        assert {"loss", "val_auroc", "best_val_auroc"} <= set(training.data.metrics)
+        [model] = training.outputs.model_outputs
+        mlflow.set_tracking_uri(uri)   # models:/ URIs resolve against the global tracking URI
+        files = mlflow.artifacts.download_artifacts(f"models:/{model.model_id}", dst_path=str(tmp_path / "got"))
+        assert (Path(files) / "MLmodel").is_file()
+        assert any((tmp_path / "artifacts").rglob("MLmodel"))   # stored under the server's artifact root
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    # The server is down now: the stage stops before training, with one line.
+    proc = run(["python", "stages/train.py", "cnn"], project, check=False, env={"MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"train: MLFLOW_TRACKING_URI={uri}: tracking server unreachable")

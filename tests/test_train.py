@@ -94,7 +94,7 @@ import sys
 from cxr.models import build_model
 from cxr.train import save_model, set_determinism
 set_determinism(0)
-save_model(build_model("mobilenet", 32, 14, 0.2), sys.argv[1])
+save_model(build_model("mobilenet", 32, 14, dropout=0.2), sys.argv[1])
 """
 
 
@@ -144,3 +144,39 @@ def test_mirrored_strategy_on_two_logical_cpus(small_data_dir):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "replicas 2" in proc.stdout
+
+
+def test_a_split_is_read_lazily_and_predicted_in_chunks_as_in_one_call(small_dataset, monkeypatch):
+    """Evaluate and export never hold a whole split as float: same outputs as one Model.predict."""
+    from cxr import inference
+    from cxr.models import build_model
+
+    images = small_dataset.images("test")
+    assert images.shape == (len(small_dataset.splits["test"]), 32, 32, 1) and not isinstance(images, np.ndarray)
+    whole = np.asarray(small_dataset.pixels[small_dataset.splits["test"].rows])[..., None]
+    np.testing.assert_array_equal(images[5:9], whole[5:9])
+    np.testing.assert_array_equal(images[[7, 2]], whole[[7, 2]])
+    np.testing.assert_array_equal(images[3], whole[3])
+    model = build_model("cnn", 32, 14, dropout=0.5)
+    monkeypatch.setattr(inference, "PREDICT_CHUNK", 40)   # chunks of 32 images: batches of 16, 2 per chunk
+    chunked = inference.predict(model, images, batch_size=16)
+    np.testing.assert_array_equal(chunked, model.predict(whole.astype(np.float32), batch_size=16, verbose=0))
+
+
+def test_mixed_precision_trains_in_bfloat16_and_keeps_a_float32_model(small_dataset):
+    import keras
+
+    seen = []
+
+    class ComputeDtype(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((self.model.get_layer("conv1").compute_dtype, self.model.get_layer("probabilities").compute_dtype))
+
+    model_params, train_params = _tiny(epochs=1)
+    result = train_model(small_dataset, model_params, dataclasses.replace(train_params, mixed_precision="mixed_bfloat16"),
+                         32, "cnn", callbacks=[ComputeDtype()], verbose=0)
+    assert set(seen) == {("bfloat16", "float32")}      # convolutions in bfloat16, the sigmoid in float32
+    assert keras.mixed_precision.global_policy().name == "float32"   # restored for whatever runs next
+    assert {layer.compute_dtype for layer in result.model.layers} == {"float32"}
+    p = predict(result.model, small_dataset.images("val"))
+    assert np.isfinite(p).all() and 0 <= result.best["val_auroc"] <= 1

@@ -46,6 +46,24 @@ def preprocessing(size: int) -> dict:
                             "pixels stretched min..max to 0..255 (cxr.data.images); the model normalizes inside")}
 
 
+def describe(variant: str, family: str, task: str, targets: list[str], size: int, decision: tuple[str, str],
+             threshold_method: str | float, beta: float, formats: dict, source: dict) -> dict:
+    """The manifest's content (``write_manifest`` adds the version and the files' sha256).
+
+    ``decision``: (positive, negative) names; ``formats``: format -> its file and
+    threshold; ``source``: where the model came from (data, split, commit).
+    """
+    positive, negative = decision
+    score = ("noisy-OR of the finding probabilities, 1 - prod(1 - p)" if len(targets) > 1
+             else f"the probability of {targets[0]}")
+    return {"variant": variant, "family": family, "task": task, "targets": list(targets),
+            "input": preprocessing(size),
+            "decision": {"positive": positive, "negative": negative, "score": score,
+                         "rule": "positive when score >= threshold", "threshold_method": threshold_method,
+                         "beta": beta, "threshold_source": "validation split, with each format's own outputs"},
+            "formats": formats, "source": source}
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A read manifest, with the folder it describes."""

@@ -69,8 +69,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _table(result: dict) -> str:
-    from cxr.data.labels import decision_names
-    positive, negative = decision_names("binary", result["decision"])
+    from cxr.data.labels import negative_name
+    positive, negative = result["decision"], negative_name(result["decision"])
     flag = positive.upper() if result[positive] else negative
     lines = [f"{result['image']}  [{result['model']}]",
              f"  {positive} score {result[positive + '_score']:.3f}: {flag} (threshold {result['threshold']:.3f})"]
@@ -128,12 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="findings for PNG/JPEG/DICOM files or folders")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     p.add_argument("--model", help="a model bundle (models/cnn/export, or models/cnn), or one .keras or "
-                                   ".tflite file inside it; default: the variant with the best validation AUROC")
+                                   ".tflite file inside it; default: the variant whose decision has the best "
+                                   "validation AUROC")
     p.add_argument("--json", action="store_true", help="one JSON object per input line")
     p.add_argument("--heatmap", metavar="OUT_DIR", help="write Grad-CAM overlays here (Keras models)")
     p.set_defaults(func=_predict)
     p = sub.add_parser("serve", help="web page and JSON API: upload an X-ray, see findings and heatmap")
-    p.add_argument("--model", help="as for predict; default: the variant with the best validation AUROC")
+    p.add_argument("--model", help="as for predict; default: the variant whose decision has the best validation AUROC")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
     p.add_argument("--max-mb", type=_positive, default=20.0, help="upload size limit in MB (default 20)")

@@ -127,6 +127,13 @@ def auroc_with_interval(truth: np.ndarray, score: np.ndarray, weights: np.ndarra
     return {"auroc": auroc, "auroc_ci95": interval(bootstrap_aurocs(truth[:, None], score[:, None], weights)[:, 0])}
 
 
+def decision_auroc(y: np.ndarray, p: np.ndarray, patients: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS,
+                   seed: int = 0) -> dict:
+    """``{'auroc', 'auroc_ci95'}`` of the decision score (abnormal, or the binary target)
+    against its truth (any target positive), the interval from a patient-level bootstrap."""
+    return auroc_with_interval(np.asarray(y).max(axis=1), decision_score(p), bootstrap_weights(patients, rounds, seed))
+
+
 def mean_auroc_interval(y: np.ndarray, p: np.ndarray, patients: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS,
                         seed: int = 0, min_positives: int = 1) -> dict[str, float] | None:
     """Interval of ``mean_auroc`` (over the classes it counts) from a patient-level bootstrap."""

@@ -1,4 +1,4 @@
-"""Grad-CAM heatmaps for the abnormal score, and how much heat falls in a box."""
+"""Grad-CAM heatmaps for the decision score (gradient x input for `linear`), and how much heat falls in a box."""
 from __future__ import annotations
 
 import os
@@ -53,20 +53,50 @@ def _feature_forward(model):
     return forward
 
 
-def grad_cam(model, images: np.ndarray) -> np.ndarray:
-    """Heatmaps in [0, 1], shape ``(n, size, size)``, for the abnormal score
-    (noisy-OR of the outputs; the output itself for a one-target model)."""
+def _noisy_or(probabilities):
+    import tensorflow as tf
+    return 1.0 - tf.reduce_prod(1.0 - probabilities, axis=1)
+
+
+def _grad_cam_heat(model, x):
+    """Grad-CAM on the last convolutional features, as (n, h, w, 1)."""
     import tensorflow as tf
 
     forward = _feature_forward(model)
-    x = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
     with tf.GradientTape() as tape:
         features, probabilities = forward(x)
         tape.watch(features)
-        score = 1.0 - tf.reduce_prod(1.0 - probabilities, axis=1)
-    grads = tape.gradient(score, features)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
+        score = _noisy_or(probabilities)
+    weights = tf.reduce_mean(tape.gradient(score, features), axis=(1, 2), keepdims=True)
+    return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
+
+
+def _linear_heat(model, x):
+    """Gradient x input on the ``linear`` family's standardized thumbnail, as (n, t, t, 1):
+    each cell's product is its exact share of a target's logit (first order for the noisy-OR)."""
+    import tensorflow as tf
+
+    names = [layer.name for layer in model.layers]
+    z = model.get_layer("standardize")(model.get_layer("flatten")(model.get_layer("downsample")(x)))
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        probabilities = z
+        for layer in model.layers[names.index("standardize") + 1:]:
+            probabilities = layer(probabilities)
+        score = _noisy_or(probabilities)
+    side = model.get_layer("downsample").output.shape[1]
+    return tf.reshape(tf.nn.relu(tape.gradient(score, z) * z), (-1, side, side, 1))
+
+
+def grad_cam(model, images: np.ndarray) -> np.ndarray:
+    """Heatmaps in [0, 1], shape ``(n, size, size)``, for the decision score (noisy-OR
+    of the outputs; the output itself for a one-target model): Grad-CAM, or for
+    the ``linear`` family, which has no learned feature maps, gradient x input."""
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
+    linear = "standardize" in [layer.name for layer in model.layers]
+    cam = (_linear_heat if linear else _grad_cam_heat)(model, x)
     size = images.shape[1]
     cam = tf.image.resize(cam, (size, size), method="bilinear")[..., 0].numpy()
     peak = cam.max(axis=(1, 2), keepdims=True)

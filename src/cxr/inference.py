@@ -37,9 +37,18 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         raise ModelFileError(f"{path}: Keras cannot load it ({first_line(e)}); {restore}") from None
 
 
-def predict(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Probabilities for ``(n, s, s, 1)`` uint8 or float images in 0..255, in batches."""
-    return model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+PREDICT_CHUNK = 1024  # images converted to float32 at a time
+
+
+def predict(model: keras.Model, images, batch_size: int = 64) -> np.ndarray:
+    """Probabilities for ``(n, s, s, 1)`` images in 0..255: an array, or a split read lazily
+    from the cache (``Dataset.images``). Converted to float one chunk at a time, so memory
+    does not grow with the split; chunks are whole batches, so the outputs are those of
+    one ``Model.predict`` over all images."""
+    chunk = max(PREDICT_CHUNK // batch_size, 1) * batch_size
+    parts = [model.predict(np.asarray(images[start:start + chunk], dtype=np.float32), batch_size=batch_size,
+                           verbose=0) for start in range(0, len(images), chunk)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 def compiled(model: keras.Model):

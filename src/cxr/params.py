@@ -117,6 +117,11 @@ def _family(v):
     return _choice(*MODELS)(v)
 
 
+def _min_size(family: str) -> int:
+    from cxr.models.registry import MODELS
+    return MODELS[family].min_size
+
+
 def _threshold(v):
     if v in ("youden", "fbeta"):
         return v
@@ -215,6 +220,7 @@ class TrainParams:
     early_stopping_patience: int = _check(_int(1, _EPOCHS))
     reduce_lr_patience: int = _check(_int(1, _EPOCHS))
     distribute: str = _check(_choice("none", "mirrored"))
+    mixed_precision: str = _check(_choice("none", "mixed_float16", "mixed_bfloat16"))  # Keras dtype policy
     augment: AugmentParams = _nested(AugmentParams)
 
 
@@ -228,6 +234,18 @@ class ModelParams:
     freeze_epochs: int = _check(_int(0, _EPOCHS))                 # epochs with the backbone frozen
     finetune_layers: int | str = _check(_finetune_layers)  # backbone layers unfrozen after: 'all' or a count
     finetune_learning_rate: float = _check(_float(0.0, 1.0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class LinearParams:
+    """A ``linear`` variant (cxr.models.linear): fitted by scikit-learn, no epochs or optimizer."""
+    family: str = _check(_choice("linear"))
+    size: int = _check(_int(1, 1024))               # thumbnail pixels per side; must divide image.size
+    components: int = _check(_int(1, 100_000))      # principal components kept
+    C: float = _check(_float(0.0, 1e6, lo_open=True))  # inverse L2 strength of each logistic regression
+
+
+VariantParams = ModelParams | LinearParams
 
 
 @dataclass(frozen=True)
@@ -258,11 +276,11 @@ class Params:
     resize: ResizeParams
     compute: ComputeParams
     train: TrainParams
-    models: dict[str, ModelParams]
+    models: dict[str, VariantParams]
     evaluate: EvaluateParams
     export: ExportParams
 
-    def model(self, variant: str) -> ModelParams:
+    def model(self, variant: str) -> VariantParams:
         if variant not in self.models:
             raise ParamsError(f"params.yaml: models.{variant}: no such variant "
                               f"(have: {', '.join(self.models)}){_did_you_mean(variant, self.models)}")
@@ -370,16 +388,29 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
             parsed[name] = _parse_models(raw[name], file)
         else:
             parsed[name] = _parse_section(sections[name], raw[name], name, file)
+    size = parsed["image"].size
+    for variant, m in parsed["models"].items():
+        if isinstance(m, LinearParams) and size % m.size:
+            raise ParamsError(f"{file}: models.{variant}.size: expected a divisor of image.size ({size}), "
+                              f"got {m.size}")
+        if isinstance(m, ModelParams) and size < (least := _min_size(m.family)):
+            raise ParamsError(f"{file}: models.{variant}.family: {m.family} needs image.size >= {least}, "
+                              f"got {size}")
     return Params(**parsed)
 
 
-def _parse_models(raw: Any, file: str) -> dict[str, ModelParams]:
+def _parse_models(raw: Any, file: str) -> dict[str, VariantParams]:
     if not isinstance(raw, dict) or not raw:
         raise ParamsError(f"{file}: models: expected a mapping of variant names to model settings, got {_show(raw)}")
     models = {}
     for variant, section in raw.items():
         if not isinstance(variant, str) or not variant.replace("_", "").isalnum():
             raise ParamsError(f"{file}: models.{variant}: variant names are letters, digits and _")
+        # The family decides which keys the entry has: networks train, `linear` is fitted.
+        family = section.get("family") if isinstance(section, dict) else None
+        if family == "linear":
+            models[variant] = _parse_section(LinearParams, section, f"models.{variant}", file)
+            continue
         m = _parse_section(ModelParams, section, f"models.{variant}", file)
         if m.freeze_epochs >= m.epochs and m.freeze_epochs:
             raise ParamsError(f"{file}: models.{variant}.freeze_epochs: expected fewer than epochs "

@@ -26,6 +26,7 @@ MODEL_INFO = "model.json"                          # variant, family, targets, s
 DVC_LOCK = "dvc.lock"
 METRICS = "metrics"
 REPORTS = "reports"
+SEED_STUDY = f"{REPORTS}/seeds.json"               # every variant over several split seeds: bench/seeds.py
 
 
 def model_dir(variant: str) -> str:

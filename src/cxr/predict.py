@@ -68,25 +68,21 @@ class Predictor:
 
 
 def best_variant(root: Path) -> str:
-    """The exported variant with the highest validation AUROC, never a collapsed one."""
-    scores, collapsed = {}, []
-    for path in sorted((root / METRICS / "train").glob("*.json")):
-        summary = json.loads(path.read_text())
-        if summary.get("val_auroc") is None or not (root / export_dir(path.stem) / MANIFEST_FILE).is_file():
-            continue
-        if summary.get("collapsed"):
-            collapsed.append(path.stem)
-        else:
-            scores[path.stem] = summary["val_auroc"]
-    if not scores:
+    """The exported variant whose decision score has the highest validation AUROC, never a collapsed one."""
+    from cxr.report import best_on_validation
+
+    trains = {path.stem: json.loads(path.read_text()) for path in sorted((root / METRICS / "train").glob("*.json"))
+              if (root / export_dir(path.stem) / MANIFEST_FILE).is_file()}
+    best, collapsed = best_on_validation(trains)
+    if best is None:
         also = f" (collapsed, not used by default: {', '.join(collapsed)})" if collapsed else ""
         raise PredictError(f"{root / MODELS}: no usable exported model{also}; run `dvc repro` or pass --model")
-    return max(scores, key=scores.get)
+    return best
 
 
 def load_predictor(model: str | os.PathLike | None = None, root: str | os.PathLike = ".") -> Predictor:
     """``model``: a bundle (``models/<variant>/export``, or the variant's folder), one
-    model file inside it, or None for the variant with the best validation AUROC.
+    model file inside it, or None for the variant whose decision has the best validation AUROC.
     Everything else (targets, size, threshold) comes from the bundle's manifest."""
     root = Path(root)
     try:

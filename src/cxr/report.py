@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from cxr.data.labels import ABNORMAL, decision_names
+from cxr.data.labels import ABNORMAL, negative_name
 
 # Published results on the FULL ChestX-ray14 dataset; never measured here.
 PUBLISHED = (
@@ -36,9 +36,66 @@ def _auroc_cell(entry: Mapping) -> str:
     return text if entry.get("status", "ok") == "ok" else f"*{text}*"
 
 
+def best_on_validation(trains: Mapping[str, dict]) -> tuple[str | None, list[str]]:
+    """The variant whose decision score has the highest validation AUROC (``val_decision_auroc``
+    of its train metrics), never a collapsed one, and the collapsed ones: what ``cxr predict``
+    and ``cxr serve`` use by default."""
+    scored = {v: t for v, t in trains.items() if t.get("val_decision_auroc") is not None}
+    collapsed = sorted(v for v, t in scored.items() if t.get("collapsed"))
+    usable = {v: t["val_decision_auroc"] for v, t in scored.items() if not t.get("collapsed")}
+    return (max(usable, key=usable.get) if usable else None), collapsed
+
+
+def _over_seeds(s: Mapping) -> str:
+    ci = s.get("ci95")
+    return f"{s['mean']:.3f}" + (f" ({ci['low']:.2f}–{ci['high']:.2f})" if ci else "")
+
+
+def seed_study_markdown(study: Mapping, models: Mapping[str, Mapping], size: int) -> list[str]:
+    """Image variants against ``linear`` over several split seeds (``bench/seeds.py``'s
+    ``reports/seeds.json``), and whether any image variant beats it on validation.
+    ``models``: params.yaml's entries, to tell the variants measured with other settings;
+    ``size``: this run's image size."""
+    rows = study["variants"]
+    linear_grid = [v for v, r in rows.items() if r["params"]["family"] == "linear" and v not in models]
+    shown = [v for v in rows if v in models or v not in linear_grid]
+    shown.sort(key=lambda v: -rows[v]["over_seeds"]["val_abnormal_auroc"]["mean"])
+    lines = ["## Image models against `linear` (validation, over split seeds)", "",
+             f"Measured by `make seeds` (`bench/seeds.py`, not part of `dvc repro`): each variant trained on "
+             f"{len(study['seeds'])} patient splits of the {study['images']} (split seeds "
+             f"{', '.join(map(str, study['seeds']))}) at {study['image_size']} px; abnormal AUROC as the mean over "
+             "the seeds with its 95% t-interval. Chosen on validation; test shown, never chosen on. "
+             f"Not shown: {len(linear_grid)} other `linear` settings (thumbnail size × components × C, all in "
+             "`reports/seeds.json`); params.yaml's `linear` is the best of them on validation."
+             + ("" if study["image_size"] == size else f" **Measured at {study['image_size']} px; this run "
+                                                        f"uses {size} px.**"), "",
+             "| variant | family | val abnormal AUROC | test abnormal AUROC | seconds per fit | in params.yaml |",
+             "|---|---|---|---|---|---|"]
+    for v in shown:
+        r, o = rows[v], rows[v]["over_seeds"]
+        where = ("yes" if dict(models[v]) == r["params"] else "**no: measured with other settings**") \
+            if v in models else "no (a tuning candidate)"
+        lines.append(f"| {v} | {r['params']['family']} | {_over_seeds(o['val_abnormal_auroc'])} | "
+                     f"{_over_seeds(o['test_abnormal_auroc'])} | {o['seconds']['mean']:.0f} | {where} |")
+    images = [v for v in shown if rows[v]["params"]["family"] != "linear"]
+    linear = [v for v in shown if rows[v]["params"]["family"] == "linear"]
+    if images and linear:
+        score = {v: rows[v]["over_seeds"]["val_abnormal_auroc"]["mean"] for v in shown}
+        image, base = images[0], linear[0]   # each the best of its kind on validation
+        verdict = "beats" if score[image] > score[base] else "does NOT beat"
+        lines += ["", f"**The best image variant, `{image}` ({score[image]:.3f}), {verdict} `{base}` "
+                  f"({score[base]:.3f}) on validation averaged over the seeds.**"
+                  + ("" if score[image] > score[base] else " `cxr predict` and `cxr serve` therefore use no "
+                     "image model by preference: their default is simply the variant whose decision scores "
+                     "best on this run's validation split, `linear` included.")]
+    return lines + [""]
+
+
 def summary_markdown(evals: Mapping[str, dict], trains: Mapping[str, dict], exports: Mapping[str, dict],
-                     data: Mapping[str, object]) -> str:
-    """The report as markdown. ``evals``/``trains``/``exports`` map variant -> that stage's metrics JSON.
+                     data: Mapping[str, object], seed_study: Mapping | None = None,
+                     models: Mapping[str, Mapping] | None = None) -> str:
+    """The report as markdown. ``evals``/``trains``/``exports`` map variant -> that stage's metrics JSON;
+    ``seed_study``: ``reports/seeds.json``, with ``models``, params.yaml's entries.
 
     Results only: timings depend on the machine, so they stay in ``reports/timings/``
     and the report is the same wherever the same results are restored or reproduced.
@@ -53,7 +110,8 @@ def summary_markdown(evals: Mapping[str, dict], trains: Mapping[str, dict], expo
                   "(the model ignores the image); its AUROCs are ties, not skill. `cxr predict` and `cxr serve` "
                   "never choose it by default.**", ""]
 
-    positive, negative = decision_names("binary", evals[variants[0]]["decision"] if variants else ABNORMAL)
+    positive = evals[variants[0]]["decision"] if variants else ABNORMAL
+    negative = negative_name(positive)
     lines += [f"## {positive[0].upper() + positive[1:]} vs {negative} (triage view, test split)", "",
               "| variant | AUROC (95% CI) | threshold (from val) | sensitivity | specificity | F-beta | ECE | "
               "val AUROC (train) | epochs |",
@@ -80,6 +138,13 @@ def summary_markdown(evals: Mapping[str, dict], trains: Mapping[str, dict], expo
                       f"**{_auroc_cell(m)}**; adding the follow-up number {_auroc_cell(f)} — a dataset "
                       "artifact (no scanner writes it), not usable at inference. A model that does not beat the "
                       "first has learnt nothing from the pixels.", ""]
+        best, _ = best_on_validation(trains)
+        if best is not None:
+            lines += [f"Default model of `cxr predict` / `cxr serve`: **{best}**, the variant whose {positive} "
+                      f"score has the best validation AUROC in this run "
+                      f"({trains[best]['val_decision_auroc']:.3f}).", ""]
+    if seed_study is not None:
+        lines += seed_study_markdown(seed_study, models or {}, data["size"])
 
     lines += ["## AUROC per finding (test split, 95% CI from a patient-level bootstrap)", "",
               "Italic: fewer test positives than `evaluate.min_positives`; shown, not in the mean. "

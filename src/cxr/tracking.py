@@ -207,14 +207,15 @@ def _data_run(mlflow, data_sha256: str, data_metrics: dict[str, dict]) -> str:
 
 @contextmanager
 def training_run(variant: str, stage: str, params: dict, data_sha256: str, uri: str | None = None,
-                 data_metrics: dict[str, dict] | None = None):
+                 data_metrics: dict[str, dict] | None = None, tags: dict[str, str] | None = None):
     """An MLflow run for one training of ``variant``, nested under the run of its data
-    (``data_metrics``: what the data stages measured, by stage); yields its ``TrainingRun``."""
+    (``data_metrics``: what the data stages measured, by stage), with extra ``tags``
+    (e.g. the devices it ran on); yields its ``TrainingRun``."""
     import mlflow
 
     uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
-    tags = {TAG_VARIANT: variant, TAG_STAGE: stage, TAG_DATA: data_sha256, **run_tags()}
+    tags = {TAG_VARIANT: variant, TAG_STAGE: stage, TAG_DATA: data_sha256, **run_tags(), **(tags or {})}
     try:  # before any training: failing here loses nothing
         parent = _data_run(mlflow, data_sha256, data_metrics or {})
         # The tag, not start_run(parent_run_id=): MLflow nests only under an active run that way.
@@ -258,17 +259,16 @@ def log_trained_model(mlflow, model, model_path: str | os.PathLike, summary: dic
     mlflow.set_tag(TAG_MODEL, file_sha256([model_path]))
 
 
-def find_training_run(variant: str, model_path: str | os.PathLike, uri: str | None = None) -> str | None:
-    """ID of the newest training run that produced exactly this model file."""
+def find_training_run(variant: str, model_sha256: str, uri: str | None = None) -> str | None:
+    """ID of the newest training run that produced exactly the model file with this sha256."""
     import mlflow
 
     mlflow.set_tracking_uri(uri or tracking_uri())
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         return None
-    sha = file_sha256([model_path])
     runs = mlflow.search_runs([experiment.experiment_id], output_format="list", max_results=1,
-                              filter_string=(f"tags.`{TAG_MODEL}` = '{sha}' and tags.`{TAG_VARIANT}` = '{variant}' "
+                              filter_string=(f"tags.`{TAG_MODEL}` = '{model_sha256}' and tags.`{TAG_VARIANT}` = '{variant}' "
                                              f"and tags.`{TAG_STAGE}` LIKE 'train@%'"),
                               order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None
@@ -280,9 +280,10 @@ def find_training_run(variant: str, model_path: str | os.PathLike, uri: str | No
 STAGE_PREFIX = {"evaluate": "test_", "export": "export_"}
 
 
-def log_model_stage(stage: str, variant: str, model_path: str | os.PathLike, metrics: dict[str, float],
+def log_model_stage(stage: str, variant: str, model_sha256: str, metrics: dict[str, float],
                     params: dict, artifacts: Iterable[str | os.PathLike] = (), uri: str | None = None) -> str | None:
-    """Log ``stage`` (evaluate, export) as a child run of the training run of this exact model file.
+    """Log ``stage`` (evaluate, export) as a child run of the training run of this exact model
+    file (``model_sha256``: its ``outputs.file_sha256``).
 
     The child holds the stage's params (MLflow params are immutable, and each
     run of the stage may use other ones), its metrics and its files (folders
@@ -294,20 +295,19 @@ def log_model_stage(stage: str, variant: str, model_path: str | os.PathLike, met
     outputs are written before and stand.
     """
     try:
-        return _log_model_stage(stage, variant, model_path, metrics, params, artifacts, uri)
+        return _log_model_stage(stage, variant, model_sha256, metrics, params, artifacts, uri)
     except _failures() as e:
         _warn(f"MLflow: {stage}@{variant} was not logged ({first_line(e)}); its outputs are written", stage=stage)
         return None
 
 
-def _log_model_stage(stage, variant, model_path, metrics, params, artifacts, uri) -> str:
+def _log_model_stage(stage, variant, model_sha256, metrics, params, artifacts, uri) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(uri or tracking_uri())
     mlflow.set_experiment(EXPERIMENT)
     prefixed = {f"{STAGE_PREFIX[stage]}{k}": float(v) for k, v in metrics.items() if v is not None}
-    tags = {TAG_VARIANT: variant, TAG_STAGE: f"{stage}@{variant}", TAG_MODEL: file_sha256([model_path]),
-            **run_tags()}
+    tags = {TAG_VARIANT: variant, TAG_STAGE: f"{stage}@{variant}", TAG_MODEL: model_sha256, **run_tags()}
 
     def log_child(nested: bool) -> str:
         with mlflow.start_run(run_name=f"{stage} {variant}", nested=nested, tags=tags) as run:
@@ -320,7 +320,7 @@ def _log_model_stage(stage, variant, model_path, metrics, params, artifacts, uri
                     mlflow.log_artifact(str(path), artifact_path=stage)
             return run.info.run_id
 
-    parent = find_training_run(variant, model_path, uri)
+    parent = find_training_run(variant, model_sha256, uri)
     if parent is None:
         return log_child(nested=False)
     with mlflow.start_run(run_id=parent):
@@ -346,16 +346,16 @@ def lock_tags(stage: str, out: str, lock_path: str | os.PathLike = DVC_LOCK) -> 
     return {TAG_LOCK_MD5: recorded, TAG_LOCK_ENTRY: digest, "dvc.stage": stage}
 
 
-def register_model(variant: str, model_path: str | os.PathLike, tags: dict[str, str],
+def register_model(variant: str, model_path: str | os.PathLike, model_sha256: str, tags: dict[str, str],
                    uri: str | None = None) -> str | None:
-    """Register the Keras model logged by this model file's training run in the Model
+    """Register the Keras model logged by this model file's (``model_sha256``) training run in the Model
     Registry under ``variant``, its version tagged with ``tags``; the version, or None
     with one warning line (no such run, e.g. the model was restored from a DVC cache;
     a failing store)."""
     import mlflow
 
     try:
-        run_id = find_training_run(variant, model_path, uri)
+        run_id = find_training_run(variant, model_sha256, uri)
         if run_id is None:
             _warn(f"MLflow: no training run produced {model_path} (restored from a DVC cache?); "
                   "not registered", stage="export")

@@ -1,6 +1,7 @@
 """Training: the tf.data feed from the resize cache, augmentation, the fit loop, determinism."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -19,7 +20,7 @@ from cxr.data.dataset import Dataset, Subset  # noqa: E402
 from cxr.evaluate import binary_crossentropy, mean_auroc  # noqa: E402
 from cxr.models import MODELS, build_model  # noqa: E402
 from cxr.outputs import atomic_path  # noqa: E402
-from cxr.params import AugmentParams, ModelParams, TrainParams  # noqa: E402
+from cxr.params import AugmentParams, LinearParams, ModelParams, TrainParams, VariantParams  # noqa: E402
 
 
 
@@ -47,6 +48,14 @@ def split_cpu(devices: int = 2) -> list[str]:
         except RuntimeError as e:  # devices already initialized in this process
             raise RuntimeError(f"cannot split the CPU after TensorFlow started: {e}") from None
     return [d.name for d in tf.config.list_logical_devices("CPU")][:devices]
+
+
+def devices() -> dict[str, str]:
+    """What a training computes on, as MLflow tags: TensorFlow's logical devices and the GPUs' names."""
+    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+            for g in tf.config.list_physical_devices("GPU")]
+    return {"cxr.devices": ", ".join(d.name for d in tf.config.list_logical_devices()),
+            "cxr.gpus": ", ".join(gpus) or "none"}
 
 
 # --- loss ---
@@ -236,22 +245,71 @@ class TrainResult:
     images_per_second: float
 
 
-def train_model(dataset: Dataset, model_params: ModelParams, train_params: TrainParams, size: int,
+def fit_linear_model(dataset: Dataset, params: LinearParams, size: int, name: str = "linear") -> TrainResult:
+    """Fit a ``linear`` variant on the train split in one pass (cxr.models.linear);
+    its history is that one 'epoch', scored like a trained model's."""
+    from cxr.models.linear import fit_linear, thumbnails
+
+    started = time.perf_counter()
+    train, val = dataset.splits["train"], dataset.splits["val"]
+    model = build_model(params.family, size, len(dataset.targets), name=name,
+                        thumbnail=params.size, components=params.components)
+    fit_linear(model, thumbnails(dataset.pixels, train.rows, params.size), train.y, params.C)
+    seconds = time.perf_counter() - started
+
+    def scores(subset):
+        p = model.predict(make_dataset(dataset.pixels, subset, 256), verbose=0)
+        return p, binary_crossentropy(subset.y, p), mean_auroc(subset.y, p)
+
+    _, train_loss, train_auroc = scores(train)
+    val_p, val_loss, val_auroc = scores(val)
+    nan = float("nan")
+    row = {"epoch": 1, "loss": train_loss, "auroc": nan if train_auroc is None else train_auroc,
+           "val_loss": val_loss, "val_auroc": nan if val_auroc is None else val_auroc}
+    return TrainResult(model=model, history=[row], best=row, epochs_run=1, val_predictions=val_p,
+                       seconds=seconds, images_per_second=len(train) / seconds)
+
+
+def train_model(dataset: Dataset, model_params: VariantParams, train_params: TrainParams, size: int,
                 name: str = "model", callbacks: Sequence[keras.callbacks.Callback] = (),
                 strategy: tf.distribute.Strategy | None = None, verbose: int = 2) -> TrainResult:
     """Build and fit one model on ``dataset``'s train split, scored on val each epoch.
 
     Two phases for backbone families: ``freeze_epochs`` with the backbone
     frozen at ``learning_rate``, then ``finetune_layers`` of it unfrozen at
-    ``finetune_learning_rate``. The best epoch by val AUROC is kept.
+    ``finetune_learning_rate``. The best epoch by val AUROC is kept. A
+    ``linear`` variant is fitted instead (``fit_linear_model``).
     """
-    tp, mp = train_params, model_params
+    if isinstance(model_params, LinearParams):
+        return fit_linear_model(dataset, model_params, size, name)
+    policy = train_params.mixed_precision
+    if policy == "none":
+        return _train_network(dataset, model_params, train_params, size, name, callbacks, strategy, verbose)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        result = _train_network(dataset, model_params, train_params, size, name, callbacks, strategy, verbose)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    # Mixed precision speeds up training only: its variables are float32 already, and the model
+    # is kept (saved, evaluated, exported) computing in float32.
+    mp = model_params
+    model = build_model(mp.family, size, len(dataset.targets), name=name, dropout=mp.dropout, weights=mp.weights)
+    model.set_weights(result.model.get_weights())
+    return dataclasses.replace(result, model=model)
+
+
+def _train_network(dataset: Dataset, mp: ModelParams, tp: TrainParams, size: int, name: str,
+                   callbacks: Sequence[keras.callbacks.Callback], strategy: tf.distribute.Strategy | None,
+                   verbose: int) -> TrainResult:
     set_determinism(tp.seed)
     strategy = strategy or tf.distribute.get_strategy()
     train, val = dataset.splits["train"], dataset.splits["val"]
     targets = len(dataset.targets)
     with strategy.scope():
-        model = build_model(mp.family, size, targets, mp.dropout, mp.weights, name=name)
+        model = build_model(mp.family, size, targets, name=name, dropout=mp.dropout, weights=mp.weights)
+        if keras.mixed_precision.global_policy().name != "float32":
+            # The sigmoid and the loss stay float32 (Keras's mixed-precision advice).
+            model.get_layer("probabilities").dtype_policy = keras.DTypePolicy("float32")
     if tp.class_weighting == "balanced":
         loss = WeightedBinaryCrossentropy(*balanced_class_weights(train.y))
     else:

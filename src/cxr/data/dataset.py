@@ -34,14 +34,33 @@ class Subset:
 
 
 @dataclass(frozen=True)
+class SplitImages:
+    """A split's images, read from the memory-mapped cache only when indexed: ``images[a:b]``,
+    ``images[[i, j]]`` and ``images[i]`` give uint8 arrays ``(..., size, size, 1)``. Nothing holds
+    the whole split, so evaluation and export run in memory bounded by what they index."""
+    pixels: np.ndarray
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.pixels.shape[1:], 1)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.asarray(self.pixels[self.rows[index]])[..., None]
+
+
+@dataclass(frozen=True)
 class Dataset:
     pixels: np.ndarray     # (N, size, size) uint8, memory-mapped
     targets: tuple[str, ...]
     splits: dict[str, Subset]
 
-    def images(self, split: str) -> np.ndarray:
-        """All pixels of a split, in memory, as ``(n, size, size, 1)`` uint8."""
-        return np.asarray(self.pixels[self.splits[split].rows])[..., None]
+    def images(self, split: str) -> SplitImages:
+        """A split's pixels as ``(n, size, size, 1)`` uint8, read from the cache as indexed."""
+        return SplitImages(self.pixels, self.splits[split].rows)
 
 
 def load_dataset(cache_dir: str | os.PathLike, labels_path: str | os.PathLike,

@@ -16,9 +16,13 @@ _KEEP = ("Image Index", "Patient ID", "Follow-up #", "Patient Age", "Patient Gen
 def decision_names(task: str, target: str) -> tuple[str, str]:
     """Names of the yes/no decision a model makes, positive first: ``abnormal`` / ``normal``
     for the 14 findings or the ``abnormal`` target, else the finding and ``no <finding>``."""
-    if task == "multilabel" or target == ABNORMAL:
-        return ABNORMAL, NORMAL
-    return target, f"no {target}"
+    positive = ABNORMAL if task == "multilabel" else target
+    return positive, negative_name(positive)
+
+
+def negative_name(positive: str) -> str:
+    """The decision's other side: ``normal`` for ``abnormal``, else ``no <finding>``."""
+    return NORMAL if positive == ABNORMAL else f"no {positive}"
 
 
 def multi_hot(finding_labels: pd.Series) -> pd.DataFrame:

@@ -16,12 +16,14 @@ class ModelError(CxrError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    builder: Callable  # (size, outputs, *, dropout, weights, name) -> keras.Model
+    builder: Callable  # (size, outputs, *, name, **family options) -> keras.Model
     backbone: bool     # has a keras.applications backbone (two-phase transfer learning applies)
+    fitted: bool = False  # fitted in closed form by cxr.models.linear, not trained by gradient descent
+    min_size: int = 32    # smallest image.size the architecture accepts
 
 
 def _application(class_name: str, preprocess: str) -> Callable:
-    def build(size, outputs, *, dropout, weights, name):
+    def build(size, outputs, *, name, dropout, weights=None):
         import keras
         from cxr.models.backbones import build_backbone_classifier
         return build_backbone_classifier(getattr(keras.applications, class_name), preprocess, size, outputs,
@@ -29,20 +31,31 @@ def _application(class_name: str, preprocess: str) -> Callable:
     return build
 
 
-def _cnn(size, outputs, *, dropout, weights, name):
+def _cnn(size, outputs, *, name, dropout, weights=None):
     from cxr.models.cnn import build_cnn
     return build_cnn(size, outputs, dropout=dropout, weights=weights, name=name)
+
+
+def _linear(size, outputs, *, thumbnail, components, name):
+    from cxr.models.linear import build_linear
+    return build_linear(size, outputs, thumbnail, components, name=name)
 
 
 # Adding a keras.applications family is one line: its class name and its
 # preprocess_input mode ('tf', 'caffe', 'torch', or 'none' if it normalizes inside).
 MODELS: dict[str, ModelSpec] = {
+    "linear": ModelSpec(_linear, backbone=False, fitted=True),
     "cnn": ModelSpec(_cnn, backbone=False),
     "resnet50": ModelSpec(_application("ResNet50", "caffe"), backbone=True),
     "mobilenet": ModelSpec(_application("MobileNet", "tf"), backbone=True),
     "mobilenet_v2": ModelSpec(_application("MobileNetV2", "tf"), backbone=True),
     "densenet121": ModelSpec(_application("DenseNet121", "torch"), backbone=True),
+    "densenet169": ModelSpec(_application("DenseNet169", "torch"), backbone=True),
     "efficientnetb0": ModelSpec(_application("EfficientNetB0", "none"), backbone=True),
+    "vgg16": ModelSpec(_application("VGG16", "caffe"), backbone=True),
+    "inception_v3": ModelSpec(_application("InceptionV3", "tf"), backbone=True, min_size=75),
+    "xception": ModelSpec(_application("Xception", "tf"), backbone=True, min_size=71),
+    "nasnetmobile": ModelSpec(_application("NASNetMobile", "tf"), backbone=True),
 }
 
 _IMAGENET_HOST = ("storage.googleapis.com", 443)
@@ -82,9 +95,14 @@ def _imagenet_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def build_model(family: str, size: int, outputs: int, dropout: float, weights: str | None = None,
-                name: str | None = None):
-    """Build a registered family; see ``cxr.models`` for the input/output contract."""
+def build_model(family: str, size: int, outputs: int, name: str | None = None, **options):
+    """Build a registered family; see ``cxr.models`` for the input/output contract.
+
+    ``options`` are the family's own: ``dropout`` and ``weights`` for networks,
+    ``thumbnail`` and ``components`` for ``linear``.
+    """
     if family not in MODELS:
         raise ModelError(f"unknown model family {family!r}; expected one of {', '.join(MODELS)}")
-    return MODELS[family].builder(size, outputs, dropout=dropout, weights=weights, name=name or family)
+    if size < MODELS[family].min_size:
+        raise ModelError(f"{family} needs images of at least {MODELS[family].min_size} px, got {size}")
+    return MODELS[family].builder(size, outputs, name=name or family, **options)
