@@ -6,7 +6,7 @@ PYTHON ?= python3
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install check-gpu-install browser-deps repro test test-fast pr-report check-repro bench bench-load seeds clean
+.PHONY: install check-gpu-install browser-deps repro test test-fast pr-report check-repro bench bench-load seeds scale clean
 
 BASE ?= main
 
@@ -75,6 +75,12 @@ bench-load: repro
 # writes reports/seeds.json, which the report stage shows. Choose params on its validation column.
 seeds: repro
 	$(BIN)/python bench/seeds.py --candidates bench/candidates.yaml
+
+# NIH's full size simulated: 112,120 linked 1024-px images in Kaggle's layout, the real stages at 224 px
+# (official split, train@cnn for STEPS steps); writes reports/scale.json (~40 min, ~15 GB of disk).
+STEPS ?= 50
+scale: install
+	$(BIN)/python bench/scale.py --steps $(STEPS)
 
 clean:
 	rm -rf $(VENV)

@@ -31,12 +31,23 @@ def main() -> None:
     from cxr.data.dataset import load_dataset
     from cxr.plots import plot_history
 
-    strategy = None
+    strategy, worker = None, None
     if params.train.distribute == "mirrored":
         import tensorflow as tf
         strategy = tf.distribute.MirroredStrategy(train.split_cpu(2))
+    elif params.train.distribute == "multi_worker":
+        import tensorflow as tf
+        worker = train.cluster_worker()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()  # joins the cluster TF_CONFIG names
 
     dataset = load_dataset(CACHE, LABELS, SPLITS, params.labels.targets)
+    if worker is not None and not worker.chief:
+        # Trains its shard in step with the others; the chief saves the model and logs the run.
+        result = train.train_model(dataset, model_params, params.train, params.image.size, name=variant,
+                                   strategy=strategy)
+        print(f"train@{variant}: worker {worker.index} of {worker.workers} done after {result.epochs_run} epochs "
+              f"(weights sha256 {train.weights_sha256(result.model)}); the chief writes the model")
+        return
     used = {"image": {"size": params.image.size},
             "labels": {"task": params.labels.task, "target": params.labels.target},
             "train": dataclasses.asdict(params.train), "model": dataclasses.asdict(model_params)}

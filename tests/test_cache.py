@@ -59,3 +59,25 @@ def test_too_many_bad_images_fail_and_keep_previous_cache(images, tmp_path):
 def test_missing_cache_says_which_stage_to_run(tmp_path):
     with pytest.raises(CacheError, match="run the resize stage"):
         load_cache(tmp_path)
+
+
+def test_cache_is_read_by_row_in_any_index_shape_and_a_truncated_file_is_one_line(images, tmp_path):
+    paths = sorted(images.iterdir())
+    build_cache(paths, 32, 2, tmp_path / "cache", progress=False)
+    pixels, _ = load_cache(tmp_path / "cache")
+    whole = np.load(tmp_path / "cache" / "images.npy")
+    assert not isinstance(pixels, np.ndarray) and len(pixels) == 24
+    np.testing.assert_array_equal(pixels[3], whole[3])
+    np.testing.assert_array_equal(pixels[np.array([5, 1, 5])], whole[[5, 1, 5]])
+    np.testing.assert_array_equal(pixels[np.array([[0, 2], [4, -1]])], whole[[[0, 2], [4, -1]]])
+    assert pixels[np.array([], dtype=np.int64)].shape == (0, 32, 32)
+    with pytest.raises(IndexError):
+        pixels[24]
+    data = (tmp_path / "cache" / "images.npy").read_bytes()
+    (tmp_path / "cache" / "images.npy").write_bytes(data[:-100])
+    cut, _ = load_cache(tmp_path / "cache")
+    with pytest.raises(CacheError, match=r"images.npy: truncated at row 23; rerun resize"):
+        cut[np.arange(24)]
+    (tmp_path / "cache" / "images.npy").write_bytes(b"not numpy")
+    with pytest.raises(CacheError, match=r"images.npy: not a .npy array"):
+        load_cache(tmp_path / "cache")

@@ -51,6 +51,8 @@ def test_int8_calibrated_on_training_pixels_tracks_keras(small_dataset, tmp_path
     from cxr.export import TFLiteModel, export_tflite
     from cxr.models import build_model
     from cxr.inference import predict
+    from cxr.train import set_determinism
+    set_determinism(0)   # the same random model whatever ran before in this process
     model = build_model("cnn", 32, 14, dropout=0.5)
     head = model.get_layer("probabilities")  # widen the head so outputs span 0..1, as a trained model's do
     kernel, bias = head.get_weights()

@@ -72,6 +72,7 @@ def test_nan_and_infinity_fail_every_range(section, key, value):
     ("train", "batch_size", 10**9, "an integer in [1, 4096]"),
     ("evaluate", "bootstrap", 10**9, "an integer in [10, 100000]"),
     ("compute", "threads", 100000, "an integer in [1, 256]"),
+    ("train", "steps_per_epoch", 0, "null (the whole train split) or an integer in [1, 100000]"),
 ])
 def test_upper_bounds(section, key, value, expected):
     assert _error(lambda r: r[section].update({key: value})) == \

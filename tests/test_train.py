@@ -13,7 +13,7 @@ from conftest import ROOT
 from cxr.params import parse_params
 from cxr.inference import load_model, predict
 from cxr.train import (WeightedBinaryCrossentropy, augmentation, balanced_class_weights, make_dataset, save_model,
-                       train_model)
+                       train_model, weights_sha256)
 
 PARAMS = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
 NO_AUGMENT = dataclasses.replace(PARAMS.train.augment, rotation=0, shift=0, zoom=0, shear=0, horizontal_flip=False)
@@ -72,6 +72,40 @@ def _tiny(epochs=2):
     model = dataclasses.replace(PARAMS.model("cnn"), epochs=epochs)
     train = dataclasses.replace(PARAMS.train, batch_size=32)
     return model, train
+
+
+def test_steps_per_epoch_bounds_each_epoch_and_continues_the_shuffled_stream(small_dataset):
+    import keras
+
+    batches = []
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            batches.append(0)
+
+        def on_train_batch_end(self, batch, logs=None):
+            batches[-1] += 1
+
+    model_params, train_params = _tiny(epochs=2)
+    result = train_model(small_dataset, model_params, dataclasses.replace(train_params, batch_size=8, steps_per_epoch=3),
+                         32, "cnn", callbacks=[Count()], verbose=0)
+    assert batches == [3, 3] and result.epochs_run == 2
+    # An endless stream: the second epoch goes on where the first stopped, the order still seeded.
+    train = small_dataset.splits["train"]
+    stream = make_dataset(small_dataset.pixels, train, 8, shuffle=True, seed=3, repeat=True)
+    first = [x.numpy() for x, _ in stream.take(len(train) // 8 + 2)]
+    again = [x.numpy() for x, _ in make_dataset(small_dataset.pixels, train, 8, shuffle=True, seed=3,
+                                                 repeat=True).take(len(first))]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_worker_shards_are_disjoint_and_cover_the_split(small_dataset):
+    train = small_dataset.splits["train"]
+    shards = [[x.numpy().astype(np.uint8).tobytes() for batch, _ in make_dataset(
+        small_dataset.pixels, train, 4, shuffle=True, seed=1, shard=(2, i)) for x in batch] for i in range(2)]
+    assert len(shards[0]) + len(shards[1]) == len(train) and abs(len(shards[0]) - len(shards[1])) <= 1
+    whole = sorted(image[..., None].tobytes() for image in small_dataset.pixels[train.rows])
+    assert sorted(shards[0] + shards[1]) == whole
 
 
 def test_same_params_same_val_auroc_and_same_model_bytes(small_dataset, tmp_path):
@@ -180,3 +214,56 @@ def test_mixed_precision_trains_in_bfloat16_and_keeps_a_float32_model(small_data
     assert {layer.compute_dtype for layer in result.model.layers} == {"float32"}
     p = predict(result.model, small_dataset.images("val"))
     assert np.isfinite(p).all() and 0 <= result.best["val_auroc"] <= 1
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_on_localhost_train_one_model_together(project):
+    """train.distribute: multi_worker: two processes (TF_CONFIG) train cnn in step, each on its
+    shard; the chief writes the model and the metrics, the other worker writes nothing."""
+    import json
+
+    from conftest import edit_params, project_env, run, tiny_params
+
+    edit_params(project, tiny_params)
+    edit_params(project, lambda p: p["train"].update(distribute="multi_worker", steps_per_epoch=3, batch_size=16))
+    run(["dvc", "repro", "resize", "split"], project)
+    hosts = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    procs = [subprocess.Popen(
+        [sys.executable, "stages/train.py", "cnn"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**project_env(project), "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}})}) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "train@cnn: best epoch 1 of 1" in outs[0][0]
+    # Gradients were summed across the workers: both ended with the model the chief saved.
+    model = load_model(project / "models" / "cnn" / "model.keras")
+    assert f"worker 1 of 2 done after 1 epochs (weights sha256 {weights_sha256(model)})" in outs[1][0]
+    assert model.output_shape == (None, 14)
+    timing = json.loads((project / "reports" / "timings" / "train" / "cnn.json").read_text())
+    assert timing["images_per_second"] > 0
+
+
+def test_multi_worker_without_tf_config_is_one_line():
+    from cxr.train import ClusterError, Worker, cluster_worker
+
+    with pytest.raises(ClusterError, match="multi_worker needs TF_CONFIG"):
+        cluster_worker({})
+    with pytest.raises(ClusterError, match="task worker 2 not in the cluster"):
+        cluster_worker({"TF_CONFIG": '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}'})
+    two = '{"cluster": {"chief": ["c:1"], "worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}'
+    assert cluster_worker({"TF_CONFIG": two}) == Worker(index=0, workers=3, chief=False)

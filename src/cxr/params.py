@@ -83,6 +83,15 @@ def _workers(v):
         raise _Invalid(f"'auto' or {e.expected}") from None
 
 
+def _steps(v):
+    if v is None:
+        return None
+    try:
+        return _COUNT(v)
+    except _Invalid as e:
+        raise _Invalid(f"null (the whole train split) or {e.expected}") from None
+
+
 def _views(v):
     if not isinstance(v, list) or not v or any(x not in ("PA", "AP") for x in v):
         raise _Invalid("a non-empty list of 'PA' and/or 'AP'")
@@ -219,7 +228,8 @@ class TrainParams:
     class_weighting: str = _check(_choice("none", "balanced"))
     early_stopping_patience: int = _check(_int(1, _EPOCHS))
     reduce_lr_patience: int = _check(_int(1, _EPOCHS))
-    distribute: str = _check(_choice("none", "mirrored"))
+    distribute: str = _check(_choice("none", "mirrored", "multi_worker"))
+    steps_per_epoch: int | None = _check(_steps)   # batches per epoch; null: one pass over the train split
     mixed_precision: str = _check(_choice("none", "mixed_float16", "mixed_bfloat16"))  # Keras dtype policy
     augment: AugmentParams = _nested(AugmentParams)
 

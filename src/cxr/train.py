@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -17,6 +18,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from cxr.data.dataset import Dataset, Subset  # noqa: E402
+from cxr.errors import CxrError  # noqa: E402
 from cxr.evaluate import binary_crossentropy, mean_auroc  # noqa: E402
 from cxr.models import MODELS, build_model  # noqa: E402
 from cxr.outputs import atomic_path  # noqa: E402
@@ -120,11 +122,14 @@ def augmentation(params: AugmentParams, seed: int) -> keras.Sequential | None:
 
 
 def make_dataset(pixels: np.ndarray, subset: Subset, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, augment: keras.Sequential | None = None) -> tf.data.Dataset:
+                 seed: int = 0, augment: keras.Sequential | None = None, repeat: bool = False,
+                 shard: tuple[int, int] = (1, 0)) -> tf.data.Dataset:
     """Batches of ``(images float32 (b, s, s, 1) in 0..255, targets)`` from the cache.
 
-    Indices are shuffled and batched first; each batch is then one fancy-index
-    into the memory-mapped cache (no per-image decode or file open).
+    Indices are shuffled and batched first; each batch is then one read of its
+    rows from the cache (no per-image decode or file open). ``repeat``: an
+    endless stream, reshuffled each pass (for a fixed number of steps per
+    epoch). ``shard=(n, i)``: the i-th of n disjoint shards of that stream.
     """
     rows, y = subset.rows, subset.y.astype(np.float32)
     size = pixels.shape[1]
@@ -141,6 +146,12 @@ def make_dataset(pixels: np.ndarray, subset: Subset, batch_size: int, shuffle: b
     ds = tf.data.Dataset.range(len(rows))
     if shuffle:
         ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    if shard[0] > 1:
+        # Every worker draws the same seeded order and keeps every n-th image of it: the shards
+        # are disjoint, and each worker reads only its own rows of the cache.
+        ds = ds.shard(*shard)
     # A plain map: op determinism would turn a parallel one sequential anyway (and
     # log an error per epoch doing so); prefetch still overlaps it with training.
     ds = ds.batch(batch_size).map(load)
@@ -149,6 +160,96 @@ def make_dataset(pixels: np.ndarray, subset: Subset, batch_size: int, shuffle: b
         # a fixed call order keeps two runs identical. It runs ahead via prefetch.
         ds = ds.map(lambda x, t: (tf.clip_by_value(augment(x, training=True), 0.0, 255.0), t))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# --- more than one machine ---
+
+class ClusterError(CxrError):
+    """TF_CONFIG missing or not a cluster this process can join."""
+
+
+@dataclass(frozen=True)
+class Worker:
+    """This process's place in a multi-worker cluster (from TF_CONFIG)."""
+    index: int
+    workers: int
+    chief: bool   # the one that saves the model and logs the run
+
+
+def cluster_worker(environ: dict | None = None) -> Worker:
+    """Parse TF_CONFIG (TensorFlow's own cluster description) for ``train.distribute: multi_worker``.
+
+    ``{"cluster": {"worker": ["host1:port", ...]}, "task": {"type": "worker", "index": i}}``;
+    worker 0 is the chief unless the cluster names a ``chief`` task.
+    """
+    raw = (os.environ if environ is None else environ).get("TF_CONFIG")
+    need = 'TF_CONFIG: expected {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}'
+    if not raw:
+        raise ClusterError(f"train.distribute: multi_worker needs {need} in the environment")
+    try:
+        config = json.loads(raw)
+        cluster, task = config["cluster"], config["task"]
+        kind, index = task["type"], int(task["index"])
+        hosts = [h for role in ("chief", "worker") for h in cluster.get(role, [])]
+        if kind not in ("chief", "worker") or not 0 <= index < len(cluster[kind]):
+            raise ValueError(f"task {kind} {index} not in the cluster")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ClusterError(f"{need}, got {raw!r} ({e})") from None
+    chief = kind == "chief" or ("chief" not in cluster and index == 0)
+    return Worker(index=index if kind == "worker" else 0, workers=len(hosts), chief=chief)
+
+
+def worker_shard(strategy: tf.distribute.Strategy) -> tuple[int, int]:
+    """``(workers, this worker's position)`` in a multi-worker strategy's cluster."""
+    resolver = strategy.cluster_resolver
+    spec = resolver.cluster_spec()
+    tasks = [(kind, i) for kind in ("chief", "worker") if kind in spec.jobs for i in range(spec.num_tasks(kind))]
+    return len(tasks), tasks.index((resolver.task_type, resolver.task_id))
+
+
+def fit_across_workers(model: keras.Model, strategy: tf.distribute.Strategy, data: tf.data.Dataset,
+                       initial_epoch: int, epochs: int, steps: int, global_batch: int,
+                       callbacks: Sequence[keras.callbacks.Callback]) -> None:
+    """``Model.fit`` for a multi-worker strategy: a compiled model trained on ``data`` (this worker's
+    shard, endless) for ``steps`` per epoch, with the callbacks fit would call at each epoch.
+
+    Keras 3's own ``fit`` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585; here with
+    Keras 3.15: it reduces a tuple of per-replica values, then scalar metrics along axis 0), so the
+    step is TensorFlow's custom-loop recipe: ``strategy.run`` per replica, loss averaged over the
+    global batch, gradients summed across workers by the optimizer.
+    """
+    loss_fn, optimizer = model.loss, model.optimizer
+    with strategy.scope():
+        optimizer.build(model.trainable_variables)
+    batches = iter(strategy.experimental_distribute_dataset(data))
+
+    @tf.function
+    def step():
+        def replica_step(x, y):
+            with tf.GradientTape() as tape:
+                per_image = loss_fn.call(y, model(x, training=True))
+                loss = tf.nn.compute_average_loss(per_image, global_batch_size=global_batch)
+            variables = model.trainable_variables
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+        return strategy.reduce("SUM", strategy.run(replica_step, args=next(batches)), axis=None)
+
+    hooks = keras.callbacks.CallbackList(list(callbacks), model=model)
+    model.stop_training = False
+    hooks.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        hooks.on_epoch_begin(epoch)
+        loss = float(np.mean([float(step()) for _ in range(steps)]))
+        hooks.on_epoch_end(epoch, {"loss": loss})
+        if model.stop_training:
+            break
+    hooks.on_train_end()
+
+
+def _predict_each_batch(model: keras.Model, data: tf.data.Dataset) -> np.ndarray:
+    """The model's outputs over ``data``, batch by batch in this process: under a multi-worker
+    strategy, ``Model.predict`` would split ``data`` across the workers."""
+    return np.concatenate([keras.ops.convert_to_numpy(model(x, training=False)) for x, _ in data])
 
 
 # --- fit loop ---
@@ -192,9 +293,11 @@ class ValidationScores(keras.callbacks.Callback):
     best epoch's weights across both training phases.
     """
 
-    def __init__(self, data: tf.data.Dataset, y: np.ndarray, batch_norm_images: np.ndarray | None = None):
+    def __init__(self, data: tf.data.Dataset, y: np.ndarray, batch_norm_images: np.ndarray | None = None,
+                 predict=None):
         super().__init__()
         self.data, self.y = data, y
+        self.predict = predict or (lambda model, data: model.predict(data, verbose=0))
         self.batch_norm_images = batch_norm_images  # recalibrate BatchNorm on these before scoring
         self.rows: list[dict] = []
         self.best: dict | None = None
@@ -205,7 +308,7 @@ class ValidationScores(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         if self.batch_norm_images is not None:
             recalibrate_batch_norm(self.model, self.batch_norm_images)
-        p = self.model.predict(self.data, verbose=0)
+        p = self.predict(self.model, self.data)
         auroc = mean_auroc(self.y, p)
         logs["val_loss"] = binary_crossentropy(self.y, p)
         logs["val_auroc"] = auroc if auroc is not None else float("nan")
@@ -283,19 +386,29 @@ def train_model(dataset: Dataset, model_params: VariantParams, train_params: Tra
     if isinstance(model_params, LinearParams):
         return fit_linear_model(dataset, model_params, size, name)
     policy = train_params.mixed_precision
-    if policy == "none":
-        return _train_network(dataset, model_params, train_params, size, name, callbacks, strategy, verbose)
-    keras.mixed_precision.set_global_policy(policy)
+    if policy != "none":
+        keras.mixed_precision.set_global_policy(policy)
     try:
         result = _train_network(dataset, model_params, train_params, size, name, callbacks, strategy, verbose)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    # Mixed precision speeds up training only: its variables are float32 already, and the model
-    # is kept (saved, evaluated, exported) computing in float32.
+    if policy == "none" and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return result
+    # The kept model (saved, evaluated, exported) is a plain float32 copy: mixed precision speeds up
+    # training only (its variables are float32 already), and a multi-worker model's variables run
+    # collectives with the other workers, which may have exited, whenever it predicts.
     mp = model_params
     model = build_model(mp.family, size, len(dataset.targets), name=name, dropout=mp.dropout, weights=mp.weights)
     model.set_weights(result.model.get_weights())
     return dataclasses.replace(result, model=model)
+
+
+def weights_sha256(model: keras.Model) -> str:
+    """A digest of a model's weights (to check that workers ended with the same model)."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()
 
 
 def _train_network(dataset: Dataset, mp: ModelParams, tp: TrainParams, size: int, name: str,
@@ -314,14 +427,29 @@ def _train_network(dataset: Dataset, mp: ModelParams, tp: TrainParams, size: int
         loss = WeightedBinaryCrossentropy(*balanced_class_weights(train.y))
     else:
         loss = keras.losses.BinaryCrossentropy()
-    train_ds = make_dataset(dataset.pixels, train, tp.batch_size, shuffle=True, seed=tp.seed,
-                            augment=augmentation(tp.augment, tp.seed))
+    augment = augmentation(tp.augment, tp.seed)
+    steps = tp.steps_per_epoch
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    predict = _predict_each_batch if multi_worker else None
+    if multi_worker:
+        # Every worker must take the same number of steps: an endless stream, cut into epochs. Each
+        # worker reads its own shard, batched by the global batch size; TensorFlow rebatches it to
+        # its replicas' share (batch_size / replicas), so a step sees batch_size images in all.
+        steps = steps or max(len(train) // tp.batch_size, 1)
+        train_ds = make_dataset(dataset.pixels, train, tp.batch_size, shuffle=True, seed=tp.seed, augment=augment,
+                                repeat=True, shard=worker_shard(strategy))
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        train_ds = train_ds.with_options(options)
+    else:
+        train_ds = make_dataset(dataset.pixels, train, tp.batch_size, shuffle=True, seed=tp.seed,
+                                augment=augment, repeat=steps is not None)
     backbone = MODELS[mp.family].backbone
     batch_norm_images = None
     if backbone and mp.weights is None:  # pretrained backbones keep their ImageNet statistics
         pick = np.sort(np.random.default_rng(tp.seed).permutation(len(train))[:BN_RECALIBRATION_IMAGES])
         batch_norm_images = dataset.pixels[train.rows[pick]][..., None]
-    scores = ValidationScores(make_dataset(dataset.pixels, val, tp.batch_size * 4), val.y, batch_norm_images)
+    scores = ValidationScores(make_dataset(dataset.pixels, val, tp.batch_size * 4), val.y, batch_norm_images, predict)
     stop = keras.callbacks.EarlyStopping("val_auroc", mode="max", patience=tp.early_stopping_patience)
     reduce = keras.callbacks.ReduceLROnPlateau("val_auroc", mode="max", factor=0.5,
                                                patience=tp.reduce_lr_patience, min_lr=1e-6)
@@ -341,13 +469,18 @@ def _train_network(dataset: Dataset, mp: ModelParams, tp: TrainParams, size: int
         with strategy.scope():
             model.compile(optimizer=_optimizer(tp.optimizer, lr), loss=loss,
                           metrics=[keras.metrics.AUC(multi_label=True, num_labels=targets, name="auroc")])
-        model.fit(train_ds, initial_epoch=epoch, epochs=until, callbacks=all_callbacks,
-                  shuffle=False, verbose=verbose)  # tf.data already shuffles
+        if multi_worker:
+            fit_across_workers(model, strategy, train_ds, epoch, until, steps, tp.batch_size, all_callbacks)
+        else:
+            model.fit(train_ds, initial_epoch=epoch, epochs=until, steps_per_epoch=steps, callbacks=all_callbacks,
+                      shuffle=False, verbose=verbose)  # tf.data already shuffles
         epoch = len(scores.rows)  # EarlyStopping may end a phase early; the next starts from here
     seconds = time.perf_counter() - started
     model.set_weights(scores.best_weights)
+    per_epoch = steps * tp.batch_size if steps else len(train)
     return TrainResult(model=model, history=scores.rows, best=scores.best, epochs_run=len(scores.rows),
-                       val_predictions=scores.best_predictions, seconds=seconds, images_per_second=len(train) * len(scores.rows) / seconds)
+                       val_predictions=scores.best_predictions, seconds=seconds,
+                       images_per_second=per_epoch * len(scores.rows) / seconds)
 
 
 # --- saving ---

@@ -2,21 +2,23 @@
 
 Layout of a cache directory:
 - ``images.npy``: one ``(N, size, size)`` uint8 array, one row per input file
-  in name order. Training memory-maps it, so a batch is a fancy-index into
-  one file: no per-image decode or file open while the model waits.
+  in name order. A batch is a read of its rows from one file: no per-image
+  decode or file open while the model waits.
 - ``index.csv``: ``Image Index,row`` for the images that were read. Rows of
   excluded (unreadable) images stay zero and are not indexed.
 
-Why one array rather than TFRecord shards: the whole default cache is a few
-MB and even the full dataset at 224 px (5.6 GB) fits the page cache of a
-24 GB machine; random access by row gives a true per-epoch shuffle, which
-shards cannot, and the file is byte-identical for the same inputs.
+Why one array rather than TFRecord shards: random access by row gives a true
+per-epoch shuffle, which shards cannot, and the file is byte-identical for the
+same inputs. Rows are read and written with ``pread``/``pwrite``, not through a
+memory map: a mapped page counts in the process's resident memory, so reading a
+whole split at 224 px (25,596 test images: 1.3 GB) through a map would grow RSS
+with the split; read by row, memory grows with the batch only and the kernel's
+page cache does the caching.
 """
 from __future__ import annotations
 
-from cxr.errors import CxrError
-
 import os
+import weakref
 from collections.abc import Sequence
 from multiprocessing import get_context
 from pathlib import Path
@@ -25,13 +27,59 @@ import numpy as np
 import pandas as pd
 
 from cxr.data.images import ImageReadError, read_image, resize_image
+from cxr.errors import CxrError
 from cxr.outputs import atomic_path
 from cxr.paths import CACHE_IMAGES_FILE, CACHE_INDEX_FILE
 
 
-
 class CacheError(CxrError):
     """The cache cannot be built or read."""
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """Shape, Fortran order, dtype and the byte offset of the data in a ``.npy`` file."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        return (*header(f), f.tell())
+
+
+class CachedImages:
+    """The cache's ``(N, size, size)`` uint8 array, read from its file by row when indexed
+    (``images[i]``, ``images[rows]`` with an int array of any shape): a NumPy array of
+    what was asked for, nothing more held in memory."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            shape, fortran, dtype, self._offset = _npy_header(self.path)
+        except ValueError as e:
+            raise CacheError(f"{self.path}: not a .npy array ({e}); rerun resize") from None
+        if dtype != np.uint8 or len(shape) != 3 or shape[1] != shape[2] or fortran:
+            raise CacheError(f"{self.path}: expected an (N, size, size) uint8 array, got {shape} {dtype}; rerun resize")
+        self.shape, self.dtype = tuple(shape), np.dtype(np.uint8)
+        self._row_bytes = shape[1] * shape[2]
+        self._fd = os.open(self.path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._fd)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows = np.asarray(index)
+        if rows.dtype.kind not in "iu":
+            raise TypeError(f"cache rows are indexed by integers, got {rows.dtype}")
+        flat = rows.reshape(-1).astype(np.int64)
+        n = self.shape[0]
+        if flat.size and (flat.min() < -n or flat.max() >= n):
+            raise IndexError(f"{self.path}: row out of range for {n} images")
+        flat = np.where(flat < 0, flat + n, flat)
+        out = np.empty((flat.size, *self.shape[1:]), np.uint8)
+        for i, row in enumerate(flat.tolist()):
+            got = os.preadv(self._fd, [out[i]], self._offset + row * self._row_bytes)
+            if got != self._row_bytes:
+                raise CacheError(f"{self.path}: truncated at row {row}; rerun resize")
+        return out.reshape(rows.shape + self.shape[1:])
 
 
 def load_and_resize(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
@@ -42,14 +90,34 @@ def load_and_resize(path: str, size: int) -> tuple[np.ndarray | None, str | None
         return None, str(e)
 
 
-def _load_job(job: tuple[str, int]):
-    return load_and_resize(*job)
+def _resize_rows(job: tuple[str, int, int, list[tuple[int, str]]]) -> tuple[int, dict[int, str]]:
+    """Decode, resize and write one chunk of ``(row, path)`` straight into the output file at
+    those rows; returns how many were done and the reasons of the unreadable ones."""
+    out_path, offset, size, chunk = job
+    bad = {}
+    fd = os.open(out_path, os.O_WRONLY)
+    try:
+        for row, path in chunk:
+            pixels, reason = load_and_resize(path, size)
+            if reason is None:
+                os.pwrite(fd, np.ascontiguousarray(pixels).data, offset + row * size * size)
+            else:
+                bad[row] = reason
+    finally:
+        os.close(fd)
+    return len(chunk), bad
+
+
+CHUNK_IMAGES = 32   # images per task handed to a worker: big enough to make handing out work cheap
 
 
 def build_cache(paths: Sequence[str | os.PathLike], size: int, workers: int, out_dir: str | os.PathLike,
-                max_bad_fraction: float = 0.0, progress: bool = True) -> dict:
+                max_bad_fraction: float = 0.0, progress: bool = True, pool=None) -> dict:
     """Decode and resize ``paths`` in parallel into a cache at ``out_dir``.
 
+    Workers write each image at its row of the output file; the parent only hands out
+    chunks of rows, so its memory does not grow with the dataset. ``pool`` is a started
+    ``multiprocessing`` pool to use instead of starting ``workers`` processes.
     Returns a report: counts, and each excluded image with its reason. Raises
     ``CacheError`` (leaving any previous cache in place) when more than
     ``max_bad_fraction`` of the images are unreadable.
@@ -60,50 +128,50 @@ def build_cache(paths: Sequence[str | os.PathLike], size: int, workers: int, out
     if not paths:
         raise CacheError("resize: no images to cache")
     names = [Path(p).name for p in paths]
-    bad: dict[str, str] = {}
+    bad: dict[int, str] = {}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        pixels = np.lib.format.open_memmap(tmp / CACHE_IMAGES_FILE, mode="w+", dtype=np.uint8,
-                                           shape=(len(paths), size, size))
-        jobs = [(p, size) for p in paths]
-        chunk = max(1, min(64, len(jobs) // (workers * 8) or 1))
-        bar = tqdm(total=len(jobs), desc="resize", unit="img", disable=not progress)
+        images = tmp.resolve() / CACHE_IMAGES_FILE
+        # A zero-filled (sparse) array of the final shape: rows of unreadable images stay zero.
+        np.lib.format.open_memmap(images, mode="w+", dtype=np.uint8, shape=(len(paths), size, size)).flush()
+        offset = _npy_header(images)[3]
+        rows = list(enumerate(paths))
+        jobs = [(str(images), offset, size, rows[start:start + CHUNK_IMAGES])
+                for start in range(0, len(rows), CHUNK_IMAGES)]
+        bar = tqdm(total=len(paths), desc="resize", unit="img", disable=not progress)
         # forkserver: workers fork from a clean process, safe even if the caller
         # has TensorFlow's threads running.
-        pool = get_context("forkserver").Pool(workers) if workers > 1 else None
+        own = pool is None and workers > 1
+        if own:
+            pool = get_context("forkserver").Pool(workers)
         try:
-            # imap keeps input order, so row i is always paths[i]: deterministic bytes.
-            results = pool.imap(_load_job, jobs, chunksize=chunk) if pool else map(_load_job, jobs)
-            for i, (arr, reason) in enumerate(results):
-                if reason is None:
-                    pixels[i] = arr
-                else:
-                    bad[names[i]] = reason
-                bar.update()
+            results = pool.imap_unordered(_resize_rows, jobs) if pool else map(_resize_rows, jobs)
+            for done, failed in results:
+                bad.update(failed)
+                bar.update(done)
         finally:
-            if pool:
+            if own:
                 pool.terminate()
             bar.close()
-        pixels.flush()
-        del pixels
         fraction = len(bad) / len(paths)
         if fraction > max_bad_fraction:
-            first = next(iter(bad.items()))
+            first = min(bad)
             raise CacheError(
                 f"resize: {len(bad)} of {len(paths)} images unreadable ({fraction:.1%}), over "
-                f"resize.max_bad_fraction {max_bad_fraction}; first: {first[0]}: {first[1]}")
+                f"resize.max_bad_fraction {max_bad_fraction}; first: {names[first]}: {bad[first]}")
         index = pd.DataFrame({"Image Index": names, "row": np.arange(len(names))})
-        index = index[~index["Image Index"].isin(bad)]
+        index = index[~index.index.isin(list(bad))]
         index.to_csv(tmp / CACHE_INDEX_FILE, index=False, lineterminator="\n")
+    excluded = {names[row]: reason for row, reason in bad.items()}
     return {"images": len(paths), "cached": len(paths) - len(bad), "excluded": len(bad),
-            "excluded_images": dict(sorted(bad.items())), "size": size}
+            "excluded_images": dict(sorted(excluded.items())), "size": size}
 
 
-def load_cache(cache_dir: str | os.PathLike) -> tuple[np.ndarray, pd.DataFrame]:
-    """Memory-mapped ``(N, size, size)`` uint8 pixels and the ``Image Index -> row`` index."""
+def load_cache(cache_dir: str | os.PathLike) -> tuple[CachedImages, pd.DataFrame]:
+    """The ``(N, size, size)`` uint8 pixels (read by row) and the ``Image Index -> row`` index."""
     cache_dir = Path(cache_dir)
     try:
-        pixels = np.load(cache_dir / CACHE_IMAGES_FILE, mmap_mode="r")
+        pixels = CachedImages(cache_dir / CACHE_IMAGES_FILE)
         index = pd.read_csv(cache_dir / CACHE_INDEX_FILE)
     except FileNotFoundError as e:
         raise CacheError(f"{e.filename}: missing; run the resize stage (dvc repro resize)") from None
