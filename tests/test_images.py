@@ -98,3 +98,41 @@ def test_resize_is_antialiased_not_nearest(xray):
     assert small.shape == (64, 64) and small.dtype == np.uint8
     block_mean = xray.reshape(64, 4, 64, 4).mean(axis=(1, 3))
     assert np.abs(small - block_mean).mean() < np.abs(xray[::4, ::4] - block_mean).mean()
+
+
+def _pillow_pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img)
+
+
+def test_libspng_reads_every_bundled_xray_exactly_as_pillow(sample_images):
+    from cxr.data.images import _read_png_gray8
+    for path in sample_images:
+        data = path.read_bytes()
+        fast = _read_png_gray8(data)
+        assert fast is not None, path.name
+        np.testing.assert_array_equal(fast, _pillow_pixels(data))
+
+
+@pytest.mark.parametrize("variant", ["16-bit", "rgb", "exif"])
+def test_other_pngs_are_left_to_pillow(xray, variant):
+    from cxr.data.images import _read_png_gray8
+    img = Image.fromarray(xray)
+    if variant == "16-bit":
+        data = _encode(Image.fromarray(xray.astype(np.uint16) * 200))
+    elif variant == "rgb":
+        data = _encode(img.convert("RGB"))
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = 3  # stored turned 180 degrees: Pillow turns it back
+        data = _encode(img.rotate(180), exif=exif)
+    assert _read_png_gray8(data) is None
+    got = read_image(data)
+    assert np.corrcoef(got.ravel(), xray.ravel())[0, 1] > 0.999 if variant == "16-bit" else np.array_equal(got, xray)
+
+
+def test_a_gray_png_with_a_transparent_level_is_still_read_by_libspng(xray):
+    from cxr.data.images import _read_png_gray8
+    data = _encode(Image.fromarray(xray), transparency=0)
+    np.testing.assert_array_equal(_read_png_gray8(data), xray)
+    np.testing.assert_array_equal(read_image(data), xray)

@@ -1,4 +1,4 @@
-"""Training: the tf.data feed from the resize cache, augmentation, the fit loop, determinism."""
+"""Training: the tf.data feed from the resize cache, the fit loop, determinism."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from cxr.augment import augment_stream  # noqa: E402
 from cxr.data.dataset import Dataset, Subset  # noqa: E402
 from cxr.errors import CxrError  # noqa: E402
 from cxr.evaluate import binary_crossentropy, mean_auroc  # noqa: E402
@@ -103,26 +104,8 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
 
 # --- input pipeline ---
 
-def augmentation(params: AugmentParams, seed: int) -> keras.Sequential | None:
-    """Seeded Keras augmentation layers from params; ``None`` when all are off."""
-    if not params.enabled:
-        return None
-    layers = []
-    if params.rotation:
-        layers.append(keras.layers.RandomRotation(params.rotation / 360, fill_mode="constant", seed=seed))
-    if params.shift:
-        layers.append(keras.layers.RandomTranslation(params.shift, params.shift, fill_mode="constant", seed=seed + 1))
-    if params.zoom:
-        layers.append(keras.layers.RandomZoom(params.zoom, fill_mode="constant", seed=seed + 2))
-    if params.shear:
-        layers.append(keras.layers.RandomShear(params.shear, params.shear, fill_mode="constant", seed=seed + 3))
-    if params.horizontal_flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
-    return keras.Sequential(layers, name="augment")
-
-
 def make_dataset(pixels: np.ndarray, subset: Subset, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, augment: keras.Sequential | None = None, repeat: bool = False,
+                 seed: int = 0, augment: AugmentParams | None = None, repeat: bool = False,
                  shard: tuple[int, int] = (1, 0)) -> tf.data.Dataset:
     """Batches of ``(images float32 (b, s, s, 1) in 0..255, targets)`` from the cache.
 
@@ -130,6 +113,7 @@ def make_dataset(pixels: np.ndarray, subset: Subset, batch_size: int, shuffle: b
     rows from the cache (no per-image decode or file open). ``repeat``: an
     endless stream, reshuffled each pass (for a fixed number of steps per
     epoch). ``shard=(n, i)``: the i-th of n disjoint shards of that stream.
+    ``augment``: each batch moved by random affine transforms drawn from ``seed``.
     """
     rows, y = subset.rows, subset.y.astype(np.float32)
     size = pixels.shape[1]
@@ -155,10 +139,8 @@ def make_dataset(pixels: np.ndarray, subset: Subset, batch_size: int, shuffle: b
     # A plain map: op determinism would turn a parallel one sequential anyway (and
     # log an error per epoch doing so); prefetch still overlaps it with training.
     ds = ds.batch(batch_size).map(load)
-    if augment is not None:
-        # Sequential on purpose: Keras random layers draw from one seed stream, and
-        # a fixed call order keeps two runs identical. It runs ahead via prefetch.
-        ds = ds.map(lambda x, t: (tf.clip_by_value(augment(x, training=True), 0.0, 255.0), t))
+    if augment is not None and augment.enabled:
+        ds = augment_stream(ds, augment, seed + shard[1])  # each worker its own transforms
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -427,7 +409,6 @@ def _train_network(dataset: Dataset, mp: ModelParams, tp: TrainParams, size: int
         loss = WeightedBinaryCrossentropy(*balanced_class_weights(train.y))
     else:
         loss = keras.losses.BinaryCrossentropy()
-    augment = augmentation(tp.augment, tp.seed)
     steps = tp.steps_per_epoch
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     predict = _predict_each_batch if multi_worker else None
@@ -436,14 +417,14 @@ def _train_network(dataset: Dataset, mp: ModelParams, tp: TrainParams, size: int
         # worker reads its own shard, batched by the global batch size; TensorFlow rebatches it to
         # its replicas' share (batch_size / replicas), so a step sees batch_size images in all.
         steps = steps or max(len(train) // tp.batch_size, 1)
-        train_ds = make_dataset(dataset.pixels, train, tp.batch_size, shuffle=True, seed=tp.seed, augment=augment,
+        train_ds = make_dataset(dataset.pixels, train, tp.batch_size, shuffle=True, seed=tp.seed, augment=tp.augment,
                                 repeat=True, shard=worker_shard(strategy))
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         train_ds = train_ds.with_options(options)
     else:
         train_ds = make_dataset(dataset.pixels, train, tp.batch_size, shuffle=True, seed=tp.seed,
-                                augment=augment, repeat=steps is not None)
+                                augment=tp.augment, repeat=steps is not None)
     backbone = MODELS[mp.family].backbone
     batch_norm_images = None
     if backbone and mp.weights is None:  # pretrained backbones keep their ImageNet statistics

@@ -112,12 +112,14 @@ CHUNK_IMAGES = 32   # images per task handed to a worker: big enough to make han
 
 
 def build_cache(paths: Sequence[str | os.PathLike], size: int, workers: int, out_dir: str | os.PathLike,
-                max_bad_fraction: float = 0.0, progress: bool = True, pool=None) -> dict:
+                max_bad_fraction: float = 0.0, progress: bool = True, pool=None,
+                chunk_images: int = CHUNK_IMAGES) -> dict:
     """Decode and resize ``paths`` in parallel into a cache at ``out_dir``.
 
     Workers write each image at its row of the output file; the parent only hands out
     chunks of rows, so its memory does not grow with the dataset. ``pool`` is a started
-    ``multiprocessing`` pool to use instead of starting ``workers`` processes.
+    ``multiprocessing`` pool to use instead of starting ``workers`` processes;
+    ``chunk_images`` the rows per task (bench/run.py measures the choice).
     Returns a report: counts, and each excluded image with its reason. Raises
     ``CacheError`` (leaving any previous cache in place) when more than
     ``max_bad_fraction`` of the images are unreadable.
@@ -136,8 +138,8 @@ def build_cache(paths: Sequence[str | os.PathLike], size: int, workers: int, out
         np.lib.format.open_memmap(images, mode="w+", dtype=np.uint8, shape=(len(paths), size, size)).flush()
         offset = _npy_header(images)[3]
         rows = list(enumerate(paths))
-        jobs = [(str(images), offset, size, rows[start:start + CHUNK_IMAGES])
-                for start in range(0, len(rows), CHUNK_IMAGES)]
+        jobs = [(str(images), offset, size, rows[start:start + chunk_images])
+                for start in range(0, len(rows), chunk_images)]
         bar = tqdm(total=len(paths), desc="resize", unit="img", disable=not progress)
         # forkserver: workers fork from a clean process, safe even if the caller
         # has TensorFlow's threads running.

@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Callable
 
 import numpy as np
+import pyspng
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Full-size NIH PNGs are 1024x1024 and the original DICOMs about 3000x3000;
@@ -30,6 +31,7 @@ MAX_DECODED_BYTES = MAX_PIXELS * 2
 MAX_FILE_BYTES = MAX_DECODED_BYTES + (16 << 20)
 FORMATS = ("PNG", "JPEG")            # Pillow formats; DICOM is read by pydicom
 _DICOM_MAGIC = b"DICM"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 _CHUNK_PIXELS = 1 << 20               # rows converted at a time: bounds float temporaries
 
@@ -94,6 +96,25 @@ def _read_pillow(stream) -> np.ndarray:
                 # RGBA/LA/P with transparency: the colour channels carry the X-ray.
                 img = img.convert("RGB").convert("L") if img.mode != "1" else img.convert("L")
             return np.array(img, dtype=np.uint8)
+
+
+def _read_png_gray8(data: bytes) -> np.ndarray | None:
+    """An 8-bit grayscale PNG (what NIH ships) decoded by libspng, faster than Pillow and
+    pixel-identical; ``None`` for anything else, which Pillow reads (and words any error).
+
+    The size is checked from the IHDR chunk before decoding; files that may carry an
+    EXIF orientation (an ``eXIf`` chunk) are left to Pillow, which applies it.
+    """
+    if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or b"eXIf" in data:
+        return None
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    if (depth, colour) != (8, 0) or not 0 < width * height <= MAX_PIXELS:
+        return None
+    try:
+        pixels = pyspng.load(data)
+    except RuntimeError:                 # corrupt or truncated: Pillow says how
+        return None
+    return pixels if pixels.dtype == np.uint8 and pixels.shape == (height, width) else None
 
 
 def _header_number(ds, keyword: str, default: float, whole: bool = False) -> float:
@@ -201,13 +222,16 @@ def read_image(source: str | os.PathLike | bytes) -> np.ndarray:
         raise ImageReadError(f"data is {len(data) >> 20} MB, over the {MAX_FILE_BYTES >> 20} MB limit")
     if data[128:132] == _DICOM_MAGIC:
         return _read_dicom(data)
-    return _read_pillow(io.BytesIO(data))
+    fast = _read_png_gray8(data)
+    return fast if fast is not None else _read_pillow(io.BytesIO(data))
 
 
 def resize_image(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Square ``size`` x ``size`` uint8 copy, antialiased (Lanczos)."""
+    """Square ``size`` x ``size`` uint8 copy, antialiased: a box reduction by the largest whole
+    factor, then Lanczos the rest of the way."""
     img = Image.fromarray(pixels)
     if img.size == (size, size):
         return np.array(pixels, dtype=np.uint8)
-    # reducing_gap: box-reduce big images first, then Lanczos; same look, far faster.
-    return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0), dtype=np.uint8)
+    # reducing_gap 1: 1024 -> 224 px in 1.5 ms instead of 6.9 ms (full Lanczos), within
+    # 0.3 grey levels of it on average (bench/run.py reports the split).
+    return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=1.0), dtype=np.uint8)
