@@ -136,3 +136,14 @@ def test_a_gray_png_with_a_transparent_level_is_still_read_by_libspng(xray):
     data = _encode(Image.fromarray(xray), transparency=0)
     np.testing.assert_array_equal(_read_png_gray8(data), xray)
     np.testing.assert_array_equal(read_image(data), xray)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte"])
+def test_a_corrupt_gray_png_is_left_to_pillow_whose_one_line_is_all_that_is_said(sample_images, capfd, damage):
+    from cxr.data.images import _read_png_gray8
+    data = sample_images[0].read_bytes()
+    bad = data[: len(data) // 2] if damage == "truncated" else data[:60] + bytes([data[60] ^ 0xFF]) + data[61:]
+    assert _read_png_gray8(bad) is None
+    with pytest.raises(ImageReadError, match="corrupt PNG data"):
+        read_image(bad)
+    assert capfd.readouterr() == ("", "")  # no decoder library writing its own lines
