@@ -76,7 +76,7 @@ def main() -> None:
                                  "threshold_source": "the Keras model's outputs: Core ML predicts on macOS only"}
         source = {"data": params.data.source, "split": dataclasses.asdict(params.split),
                   "images": {"train": len(train), "val": len(val), "test": len(test)},
-                  "splits_sha256": file_sha256([SPLITS]), **tracking.git_state()}
+                  "splits_sha256": file_sha256([SPLITS])}
         bundle.write_manifest(tmp, bundle.describe(variant, info["family"], params.labels.task, list(data.targets),
                                                    info["size"], params.labels.decision, ep.threshold, ep.beta,
                                                    formats, source))

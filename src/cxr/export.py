@@ -5,6 +5,7 @@ import json
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -197,7 +198,29 @@ def export_coreml(model, path: str | os.PathLike, targets: Sequence[str], descri
     path = Path(path)
     with atomic_path(path) as tmp:
         mlmodel.save(str(tmp))
+        _make_package_deterministic(Path(tmp))
     return path
+
+
+def _make_package_deterministic(package: Path) -> None:
+    """Same model, same bytes: coremltools writes the metadata map in hash order
+    and names the package's items by random UUIDs, so a re-export (a fresh clone's
+    ``dvc repro``) would change the bundle and ``dvc.lock``. Re-serialize the spec
+    with sorted maps and derive each item's identifier from its path."""
+    from coremltools.proto import Model_pb2
+
+    manifest_file = package / "Manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    ids = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, item["path"]))
+           for old, item in manifest["itemInfoEntries"].items()}
+    manifest["itemInfoEntries"] = {ids[old]: item for old, item in manifest["itemInfoEntries"].items()}
+    manifest["rootModelIdentifier"] = ids[manifest["rootModelIdentifier"]]
+    manifest_file.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
+    root = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]
+    spec_file = package / "Data" / root["path"]
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_file.read_bytes())
+    spec_file.write_bytes(spec.SerializeToString(deterministic=True))
 
 
 def coreml_spec_summary(path: str | os.PathLike) -> dict:
