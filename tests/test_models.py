@@ -19,7 +19,7 @@ def test_builders_take_one_channel_uint8_range_and_give_probabilities(family, si
     assert model.input_shape == (None, size, size, 1) and model.output_shape == (None, outputs)
     assert model.inputs[0].name == "image" and model.layers[-1].name == "probabilities"
     x = np.stack([resize_image(read_image(p), size) for p in sample_images[:3]])[..., None].astype("float32")
-    p = model.predict(x, verbose=0)
+    p = model(x, training=False).numpy()
     assert p.shape == (3, outputs) and ((p > 0) & (p < 1)).all()
 
 
@@ -36,7 +36,7 @@ def test_every_backbone_builds_at_its_smallest_size_and_has_a_heatmap(family):
     size = MODELS[family].min_size
     model = build_model(family, size, 3, dropout=0.1)
     x = np.random.default_rng(0).integers(0, 256, (2, size, size, 1)).astype("float32")
-    assert model.predict(x, verbose=0).shape == (2, 3)
+    assert model(x, training=False).shape == (2, 3)
     features, _ = _feature_forward(model)(x)
     assert features.shape[1] > 1   # a spatial map to explain (an untrained model's heat may be all 0)
     cams = grad_cam(model, x)

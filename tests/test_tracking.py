@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, run
 from cxr.tracking import tracking_uri
 
@@ -14,6 +16,7 @@ def test_explicit_uri_wins_and_the_default_is_the_repository_root(tmp_path):
     assert tracking_uri({"DVC_ROOT": str(tmp_path)}, cwd=copy) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
 
 
+@pytest.mark.pipeline   # runs `dvc exp` in a temporary repository
 def test_temporary_and_queued_dvc_experiments_log_to_the_repository_store(tmp_path):
     """`dvc exp run --temp` and queued runs execute in a copy under .dvc/tmp/exps/; their runs must
     still reach the repository's mlflow.db, not one in the copy that is deleted afterwards."""
