@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import hostile
-from conftest import BUNDLED, run
+from conftest import BUNDLED, project_env, run
 from test_dicom import xray_as_dicom
 
 
@@ -90,13 +90,12 @@ export_coreml(load_model(sys.argv[1]), sys.argv[2], FINDINGS, "same model, same 
 
 def test_coreml_export_of_one_model_is_byte_identical_across_processes(tiny_project, tmp_path):
     # A fresh clone's `dvc repro` re-exports; the bundle (and dvc.lock) must not change.
-    import os
     import subprocess
     import sys
     from cxr.bundle import file_hashes
     model = tiny_project / "models" / "cnn" / "model.keras"
     procs = [subprocess.Popen([sys.executable, "-c", _EXPORT_COREML, str(model), str(tmp_path / f"{seed}.mlpackage")],
-                              env={**os.environ, "PYTHONHASHSEED": str(seed), "TF_CPP_MIN_LOG_LEVEL": "2"})
+                              env={**project_env(tiny_project), "PYTHONHASHSEED": str(seed)})
              for seed in (1, 2)]
     assert [p.wait() for p in procs] == [0, 0]
     first, second = (file_hashes(tmp_path / f"{seed}.mlpackage") for seed in (1, 2))

@@ -79,13 +79,16 @@ def _gif() -> bytes:
     (hostile.dicom_huge_header(), 422, "over the 45000000-pixel limit"),
     (hostile.dicom_text_slope(np.full((64, 64), 900)), 422, "DICOM RescaleSlope is 'one point five'"),
 ])
-def test_bad_uploads_get_4xx_with_one_line_json(client, data, status, message):
-    before = set(os.listdir(tempfile.gettempdir()))
+def test_bad_uploads_get_4xx_with_one_line_json(client, data, status, message, tmp_path, monkeypatch):
+    # A temp folder of this test's own: other processes may write to the machine's /tmp meanwhile.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     r = _post(client, data)
     assert r.status_code == status and r.is_json
     error = r.get_json()["error"]
     assert message in error and "\n" not in error and "Traceback" not in error
-    assert set(os.listdir(tempfile.gettempdir())) <= before  # nothing written
+    assert not any(scratch.iterdir())  # nothing written
 
 
 def test_missing_file_field(client):
