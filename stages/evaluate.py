@@ -9,8 +9,8 @@ from cxr import compute, tracking  # noqa: E402
 from cxr.errors import run_command  # noqa: E402
 from cxr.outputs import atomic_path, file_sha256, write_csv, write_json  # noqa: E402
 from cxr.params import load_variant  # noqa: E402
-from cxr.paths import (BOXES, CACHE, LABELS, OFFICIAL_METADATA, SPLITS, model_file, stage_metrics,  # noqa: E402
-                       variant_reports)
+from cxr.paths import (BOXES, CACHE, EXPERT_LABELS, LABELS, OFFICIAL_METADATA, SPLITS, model_file,  # noqa: E402
+                       stage_metrics, variant_reports)
 
 
 
@@ -26,8 +26,10 @@ def main() -> None:
     from cxr import gradcam, plots
     from cxr.data.dataset import load_dataset
     from cxr.baselines import metadata_baselines
-    from cxr.data.metadata import read_metadata
-    from cxr.evaluate import bootstrap_weights, curve_tables, evaluate_predictions, flat_metrics
+    from cxr.data.metadata import (AGE_BANDS, EXPERT_FINDINGS, read_expert_labels, read_metadata,
+                                   subgroups)
+    from cxr.evaluate import (bootstrap_weights, curve_tables, evaluate_predictions, expert_label_aurocs,
+                              flat_metrics, subgroup_aurocs)
     from cxr.inference import load_model, predict
 
     model_path = model_file(variant)
@@ -69,11 +71,20 @@ def main() -> None:
                 gradcam.save_overlay(test_images[i], cam, tmp / test.names[i],
                                      f"{test.names[i]}  {names[0]} score {score[i]:.2f}")
     metrics["localization"] = gradcam.localization(cams, boxes)
-    # What age, sex and view alone predict, beside the model (no image).
+    # What age, sex and view alone predict, beside the model (no image); the model within each of them.
     test_table = pd.read_csv(LABELS, dtype={"Patient ID": str}).set_index("Image Index").loc[list(test.names)]
+    weights = bootstrap_weights(test.patients, ep.bootstrap, ep.seed)
     decision["baselines"].update(metadata_baselines(
         read_metadata(OFFICIAL_METADATA), set(test.patients) | set(val.patients), params.labels.views, names[0],
-        test_table, truth, bootstrap_weights(test.patients, ep.bootstrap, ep.seed), ep.seed))
+        test_table, truth, weights, ep.seed))
+    decision["subgroups"] = subgroup_aurocs(truth, score, subgroups(test_table), weights,
+                                            levels={"sex": ["F", "M"], "age": AGE_BANDS, "view": params.labels.views})
+    # A second opinion on the NLP labels: radiologists' adjudicated labels, where the test split has them.
+    expert = read_expert_labels(EXPERT_LABELS)
+    rated = [i for i, n in enumerate(test.names) if n in expert.index]
+    metrics["expert_labels"] = expert_label_aurocs(
+        {f: expert.loc[test.names[rated], f].to_numpy() for f in EXPERT_FINDINGS}, EXPERT_FINDINGS,
+        data.targets, test.y[rated], test_p[rated], weights[:, rated])
     write_json(stage_metrics("eval", variant), metrics)
     tracking.log_model_stage("evaluate", variant, file_sha256([model_path]), flat_metrics(metrics),
                              dataclasses.asdict(ep), artifacts=pictures, uri=uri)

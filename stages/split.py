@@ -8,7 +8,8 @@ from cxr.data.split import (assert_patient_disjoint, leaking_patients, official_
 from cxr.errors import run_command
 from cxr.outputs import write_csv, write_json
 from cxr.params import load_params
-from cxr.paths import LABELS, OFFICIAL_TEST, SPLITS, stage_metrics
+from cxr.paths import DATA_REPORTS, LABELS, OFFICIAL_TEST, SPLITS, stage_metrics
+from cxr.plots import plot_age_sex, plot_label_shares
 
 METRICS = stage_metrics("split")
 
@@ -28,6 +29,9 @@ def main() -> None:
     summary = split_summary(table, split)
     overlap = len(leaking_patients(table["Patient ID"], split))  # measured on what is written, not assumed
     write_json(METRICS, {"method": params.method, "patient_overlap": overlap, **summary})
+    plot_label_shares(summary, f"{DATA_REPORTS}/labels_per_split.png", f"labels per split ({params.method} split)")
+    plot_age_sex(table["Patient Age"], table["Patient Gender"], split, f"{DATA_REPORTS}/age_sex.png",
+                 "age and sex per split")
     print("split: " + ", ".join(f"{k} {v['images']} images / {v['patients']} patients"
                                 for k, v in summary.items()))
 

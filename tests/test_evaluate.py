@@ -172,3 +172,65 @@ def test_curve_tables_agree_with_the_metrics_they_plot():
     assert confusion_counts.get(("abnormal", "abnormal"), 0) == c["tp"]
     assert confusion_counts.get(("normal", "abnormal"), 0) == c["fp"]
     assert len(tables["confusion"]) == 60 and tables["pr"]["recall"].iloc[-1] == 0.0
+
+
+def test_subgroup_auroc_is_the_auroc_within_the_subgroup_and_its_interval_the_bootstrap_restricted_to_it(
+        full_metadata):
+    """The decision score here is age itself, on real metadata: its AUROC differs by sex and view."""
+    from sklearn.metrics import roc_auc_score
+    from cxr.data.labels import multi_hot
+    from cxr.data.metadata import AGE_BANDS, subgroups
+    from cxr.evaluate import bootstrap_weights, subgroup_aurocs
+    rows = full_metadata[full_metadata["Patient ID"] < 1500].dropna(subset=["Patient Age"])
+    truth = multi_hot(rows["Finding Labels"])["abnormal"].to_numpy()
+    score = rows["Patient Age"].to_numpy()
+    weights = bootstrap_weights(rows["Patient ID"].to_numpy(), 200, 0)
+    groups = subgroups(rows)
+    result = subgroup_aurocs(truth, score, groups, weights,
+                             levels={"sex": ["F", "M"], "age": AGE_BANDS, "view": ["PA", "AP", "LL"]})
+    for attribute, levels in result.items():
+        assert sum(e["images"] for e in levels.values()) == len(rows)
+        for level, entry in levels.items():
+            mask = groups[attribute] == level
+            if not mask.any():   # a level asked for but absent: kept, without a score
+                assert (attribute, level, entry) == ("view", "LL", {"images": 0, "positives": 0, "auroc": None,
+                                                                    "auroc_ci95": None})
+                continue
+            assert entry["positives"] == truth[mask].sum()
+            assert entry["auroc"] == pytest.approx(roc_auc_score(truth[mask], score[mask]))
+            ci = entry["auroc_ci95"]
+            assert ci["low"] < entry["auroc"] < ci["high"] and ci["high"] - ci["low"] < 0.25
+    assert subgroup_aurocs(truth, score, groups, weights)["sex"].keys() == {"F", "M"}
+
+
+def test_expert_labels_score_the_model_against_radiologists_and_the_nlp_labels_on_the_same_images(full_metadata):
+    """A score equal to the NLP label is perfect against the NLP labels; against the experts it is
+    exactly as good as the NLP labels agree with them (real Google 2019 labels, real NIH labels)."""
+    from sklearn.metrics import roc_auc_score
+    from conftest import BUNDLED
+    from cxr.data.labels import multi_hot
+    from cxr.data.metadata import EXPERT_FINDINGS, FINDINGS, read_expert_labels
+    from cxr.evaluate import bootstrap_weights, expert_label_aurocs
+    expert = read_expert_labels(BUNDLED / "meta" / "google2019_nih-chest-xray-labels.csv.gz")
+    rows = full_metadata.set_index("Image Index").loc[expert.index[:1500]]
+    y = multi_hot(rows["Finding Labels"])[list(FINDINGS)].to_numpy()
+    weights = bootstrap_weights(rows["Patient ID"].to_numpy(), 100, 0)
+    truth = {f: expert[f].to_numpy()[:1500] for f in EXPERT_FINDINGS}
+    result = expert_label_aurocs(truth, EXPERT_FINDINGS, FINDINGS, y, y.astype(float), weights)
+    assert result["Fracture"] == {"images": 1500, "expert_positives": int(truth["Fracture"].sum()),
+                                  "status": "no NIH finding to compare"}
+    nodule = result["Nodule or mass"]
+    nlp = y[:, [FINDINGS.index("Nodule"), FINDINGS.index("Mass")]].max(axis=1)
+    assert nodule["model_outputs"] == ["Nodule", "Mass"] and nodule["nlp_positives"] == nlp.sum()
+    assert nodule["nlp"]["auroc"] == 1.0
+    assert nodule["expert"]["auroc"] == pytest.approx(roc_auc_score(truth["Nodule or mass"], nlp))
+    assert nodule["nlp_agreement"] == pytest.approx((nlp == truth["Nodule or mass"]).mean())
+    assert 0.5 < nodule["expert"]["auroc"] < 0.95   # the NLP labels are a noisy copy of the experts'
+    # A binary model of one finding covers only that finding.
+    column = y[:, [FINDINGS.index("Pneumothorax")]]
+    one = expert_label_aurocs(truth, EXPERT_FINDINGS, ["Pneumothorax"], column, column * 1.0, weights)
+    assert one["Pneumothorax"]["status"] == "ok" and one["Nodule or mass"]["status"] == \
+        "the model has no output for Nodule / Mass"
+    empty = expert_label_aurocs({f: v[:0] for f, v in truth.items()}, EXPERT_FINDINGS, FINDINGS, y[:0], y[:0],
+                                weights[:, :0])
+    assert {e["status"] for e in empty.values()} == {"no test image has expert labels"}

@@ -93,3 +93,41 @@ def test_not_a_csv(tmp_path):
 
 def test_finding_names_are_the_fourteen():
     assert len(FINDINGS) == 14 and "Pleural_Thickening" in FINDINGS
+
+
+def test_age_bands_put_40_and_60_in_the_middle_band_and_leave_unknown_ages_out():
+    from cxr.data.metadata import age_band
+    assert list(age_band([0.5, 39.9, 40, 60, 60.1, 94, float("nan")])) == [
+        "under_40", "under_40", "40_to_60", "40_to_60", "over_60", "over_60", ""]
+
+
+def test_subgroups_of_the_real_metadata_leave_out_only_impossible_ages(full_metadata):
+    from cxr.data.metadata import normalize_metadata, subgroups
+    rows = full_metadata.head(1000).copy()
+    rows.loc[[3, 7], "Patient Age"] = [412, 150]     # as in the 2017 metadata, before NIH's v2020 fix
+    rows = normalize_metadata(rows)
+    groups = subgroups(rows)
+    assert set(groups["sex"]) == {"F", "M"} and set(groups["view"]) == {"PA", "AP"}
+    assert list(groups["age"][[3, 7]]) == ["", ""] and (groups["age"] != "").sum() == 998
+
+
+def test_expert_labels_read_from_the_bundled_google_file():
+    from conftest import BUNDLED
+    from cxr.data.metadata import EXPERT_FINDINGS, read_expert_labels
+    labels = read_expert_labels(BUNDLED / "meta" / "google2019_nih-chest-xray-labels.csv.gz")
+    assert len(labels) == 4376 and list(labels.columns) == list(EXPERT_FINDINGS)
+    assert labels.sum().to_dict() == {"Fracture": 186, "Pneumothorax": 238, "Airspace opacity": 2166,
+                                      "Nodule or mass": 605}
+
+
+def test_expert_label_file_errors_name_the_file_and_what_was_expected(tmp_path):
+    from cxr.data.metadata import read_expert_labels
+    from conftest import BUNDLED
+    real = pd.read_csv(BUNDLED / "meta" / "google2019_nih-chest-xray-labels.csv.gz", dtype=str)
+    bad = tmp_path / "labels.csv"
+    real.assign(Pneumothorax=real["Pneumothorax"].where(real.index != 3, "maybe")).to_csv(bad, index=False)
+    with pytest.raises(MetadataError, match=r"labels.csv: column 'Pneumothorax' has 'maybe'; expected YES or NO$"):
+        read_expert_labels(bad)
+    real.drop(columns="Fracture").to_csv(bad, index=False)
+    with pytest.raises(MetadataError, match=r"labels.csv: missing column 'Fracture'"):
+        read_expert_labels(bad)

@@ -71,8 +71,16 @@ def test_every_stage_wrote_its_outputs(tiny_project):
             assert (tiny_project / "reports" / variant / f"{name}.png").is_file()
             assert (tiny_project / "reports" / variant / "plots" / f"{name}.csv").is_file()
         assert len(list((tiny_project / "reports" / variant / "heatmaps").iterdir())) == 2
+        groups = evaluation["abnormal"]["subgroups"]
+        assert [set(groups[a]) for a in ("sex", "age", "view")] == [{"F", "M"}, {"under_40", "40_to_60", "over_60"},
+                                                                    {"PA", "AP"}]
+        assert sum(g["images"] for g in groups["sex"].values()) == evaluation["test_images"]
+        assert set(evaluation["expert_labels"]) == {"Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass"}
+    for picture in ("labels_per_split", "age_sex"):
+        assert (tiny_project / "reports" / "data" / f"{picture}.png").stat().st_size > 10_000
     summary = (tiny_project / "reports" / "summary.md").read_text()
     assert "| cnn |" in summary and "| mobilenet |" in summary and "NOT measured here" in summary
+    assert "AUROC by subgroup" in summary and "Expert labels (Google 2019" in summary
     assert "CheXNet" in summary and "Not for diagnosis" in summary and "TFLite int8" in summary
 
 

@@ -69,3 +69,23 @@ def test_seed_study_says_whether_an_image_model_beats_linear_and_which_model_pre
     study["variants"]["cnn_lr3e4"] = _study_row("cnn", 0.75)
     text = summary_markdown(evals, trains, {}, DATA, study, models)
     assert "**The best image variant, `cnn_lr3e4` (0.750), beats `linear` (0.730) on validation" in text
+
+
+def test_subgroup_and_expert_label_tables_show_each_variants_auroc():
+    evaluation = _evaluation(0)
+    entry = {"images": 30, "positives": 20, "auroc": 0.61, "auroc_ci95": {"low": 0.4, "high": 0.8}}
+    evaluation["abnormal"]["subgroups"] = {   # in the order of a metrics file: keys sorted
+        "age": {"40_to_60": {**entry, "auroc": 0.5}, "under_40": {**entry, "images": 0, "positives": 0, "auroc": None,
+                                                                  "auroc_ci95": None}},
+        "sex": {"F": entry, "M": {**entry, "auroc": 0.7}}}
+    evaluation["expert_labels"] = {
+        "Fracture": {"images": 7, "expert_positives": 1, "status": "no NIH finding to compare"},
+        "Pneumothorax": {"images": 7, "expert_positives": 2, "nlp_positives": 1, "nlp_agreement": 0.857,
+                         "expert": entry, "nlp": {**entry, "auroc": 0.9}, "status": "ok"}}
+    text = summary_markdown({"cnn": evaluation}, {}, {}, DATA)
+    assert ("| variant | F (30 img, 20 pos) | M (30 img, 20 pos) | age < 40 (0 img, 0 pos) | "
+            "age 40–60 (30 img, 20 pos) |") in text
+    assert "| cnn | 0.61 (0.40–0.80) | 0.70 (0.40–0.80) | n/a | 0.50 (0.40–0.80) |" in text
+    assert "![age and sex per split](data/age_sex.png)" in text
+    assert "| Fracture | 7 | 1 | n/a | n/a | no NIH finding to compare |  |" in text
+    assert "| Pneumothorax | 7 | 2 | 1 | 0.86 | 0.61 (0.40–0.80) | 0.90 (0.40–0.80) |" in text

@@ -80,3 +80,16 @@ def test_leak_check_catches_a_shared_patient():
 def test_sizes_out_of_range(full_metadata, bad):
     with pytest.raises(SplitError, match="test_size"):
         patient_split(full_metadata.iloc[:100], test_size=bad)
+
+
+def test_split_summary_counts_each_splits_images_by_sex_age_band_and_view(full_metadata):
+    from cxr.data.split import split_summary
+    table = pd.concat([full_metadata, multi_hot(full_metadata["Finding Labels"])], axis=1)
+    with gzip.open(BUNDLED / "meta" / "test_list.txt.gz", "rt") as f:
+        split = official_split(table, f.read().split(), 0.2, 0)
+    summary = split_summary(table, split)
+    assert summary["test"]["subgroups"]["view"] == {"AP": 14_500, "PA": 11_096}   # NIH's official test list
+    for name in ("train", "val", "test"):
+        for counts in summary[name]["subgroups"].values():
+            assert sum(counts.values()) == summary[name]["images"]
+    assert "unknown" not in summary["test"]["subgroups"]["age"]   # the v2020 metadata has every age

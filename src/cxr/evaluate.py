@@ -1,7 +1,7 @@
 """Metrics (scikit-learn underneath): the one place that scores predictions."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -125,6 +125,62 @@ def auroc_with_interval(truth: np.ndarray, score: np.ndarray, weights: np.ndarra
     """``{'auroc', 'auroc_ci95'}`` of one yes/no score, the interval under bootstrap ``weights``."""
     auroc = per_class_auroc(truth[:, None], score[:, None], ["score"])["score"]
     return {"auroc": auroc, "auroc_ci95": interval(bootstrap_aurocs(truth[:, None], score[:, None], weights)[:, 0])}
+
+
+def subgroup_aurocs(truth: np.ndarray, score: np.ndarray, groups: Mapping[str, np.ndarray],
+                    weights: np.ndarray, levels: Mapping[str, Sequence[str]] | None = None) -> dict:
+    """The decision's AUROC with its interval within each subgroup: ``{attribute: {level:
+    {'images', 'positives', 'auroc', 'auroc_ci95'}}}``.
+
+    ``groups`` gives each image's level per attribute (``''``: unknown, left out);
+    ``levels`` fixes the order (and keeps empty levels) where given. The interval reuses
+    the test split's patient bootstrap ``weights``, restricted to the subgroup's images.
+    """
+    truth, score = np.asarray(truth), np.asarray(score)
+    out = {}
+    for attribute, values in groups.items():
+        values = np.asarray(values, dtype=object)
+        names = list((levels or {}).get(attribute) or sorted(set(values) - {""}))
+        out[attribute] = {}
+        for level in names:
+            rows = np.flatnonzero(values == level)
+            entry = {"images": int(len(rows)), "positives": int(truth[rows].sum())}
+            if len(rows):
+                entry.update(auroc_with_interval(truth[rows], score[rows], weights[:, rows]))
+            else:
+                entry.update(auroc=None, auroc_ci95=None)
+            out[attribute][level] = entry
+    return out
+
+
+def expert_label_aurocs(expert: Mapping[str, np.ndarray], covers: Mapping[str, Sequence[str]],
+                        targets: Sequence[str], y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> dict:
+    """AUROC of the model against expert labels and, on the same images, against the NLP labels.
+
+    ``expert``: finding -> 0/1 per image (only images that have expert labels); ``covers``:
+    finding -> the model targets its score combines (noisy-OR, as the decision score);
+    ``y``/``p``/``weights``: NLP targets, probabilities and bootstrap weights of the same images.
+    A finding whose targets the model lacks is reported with its counts and a status.
+    """
+    y, p, targets = np.asarray(y), np.asarray(p), list(targets)
+    out = {}
+    for finding, truth in expert.items():
+        truth = np.asarray(truth)
+        entry = {"images": int(len(truth)), "expert_positives": int(truth.sum())}
+        cols = [targets.index(t) for t in covers.get(finding, ()) if t in targets]
+        if not cols or len(cols) < len(covers[finding]) or not len(truth):
+            entry["status"] = ("no test image has expert labels" if not len(truth) else
+                               "no NIH finding to compare" if not covers.get(finding) else
+                               f"the model has no output for {' / '.join(covers[finding])}")
+            out[finding] = entry
+            continue
+        nlp, score = y[:, cols].max(axis=1), decision_score(p[:, cols])
+        entry.update({"model_outputs": [targets[c] for c in cols], "nlp_positives": int(nlp.sum()),
+                      "nlp_agreement": float((nlp == truth).mean()),
+                      "expert": auroc_with_interval(truth, score, weights),
+                      "nlp": auroc_with_interval(nlp, score, weights), "status": "ok"})
+        out[finding] = entry
+    return out
 
 
 def decision_auroc(y: np.ndarray, p: np.ndarray, patients: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS,

@@ -13,6 +13,7 @@ BUNDLED = "data/sample"                            # the real NIH sample shipped
 BOXES = f"{BUNDLED}/meta/BBox_List_2017.csv.gz"    # radiologists' boxes (Grad-CAM localization)
 OFFICIAL_TEST = f"{BUNDLED}/meta/test_list.txt.gz"
 OFFICIAL_METADATA = f"{BUNDLED}/meta/Data_Entry_2017_v2020.csv.gz"   # all 112,120 rows (metadata baseline)
+EXPERT_LABELS = f"{BUNDLED}/meta/google2019_nih-chest-xray-labels.csv.gz"   # radiologists' labels, 4,376 images
 LABELS = "data/labels.csv"
 SPLITS = "data/splits.csv"
 CACHE = "data/cache"                               # resized uint8 images (memory-mapped)
@@ -26,6 +27,7 @@ MODEL_INFO = "model.json"                          # variant, family, targets, s
 DVC_LOCK = "dvc.lock"
 METRICS = "metrics"
 REPORTS = "reports"
+DATA_REPORTS = f"{REPORTS}/data"                   # pictures of the data (split stage)
 SEED_STUDY = f"{REPORTS}/seeds.json"               # every variant over several split seeds: bench/seeds.py
 
 

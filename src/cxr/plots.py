@@ -107,3 +107,40 @@ def plot_confusion(c: dict, path, title: str, names: tuple[str, str] = ("abnorma
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=names[::-1], yticklabels=names[::-1],
            xlabel="predicted", ylabel="actual", title=title)
     return _save(fig, path)
+
+
+def plot_label_shares(summary: dict, path, title: str) -> Path:
+    """Share of each split's images carrying each label, the splits side by side: a split that
+    lost a finding's positives shows as a missing bar."""
+    plt = pyplot()
+    splits = list(summary)
+    labels = list(summary[splits[0]]["positives"])
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(labels) + 1.2))
+    height = 0.8 / len(splits)
+    for k, name in enumerate(splits):
+        s = summary[name]
+        shares = [s["positives"][c] / s["images"] if s["images"] else 0 for c in labels]
+        ax.barh(np.arange(len(labels)) + k * height, shares, height, label=f"{name} ({s['images']} images)")
+    ax.set_yticks(np.arange(len(labels)) + height * (len(splits) - 1) / 2, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="share of the split's images", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_age_sex(ages: np.ndarray, sexes: np.ndarray, split: np.ndarray, path, title: str,
+                 splits: tuple[str, ...] = ("train", "val", "test")) -> Path:
+    """Age histograms (5-year bins) per sex, one panel per split; unknown ages left out."""
+    plt = pyplot()
+    ages, sexes, split = np.asarray(ages, dtype=np.float64), np.asarray(sexes), np.asarray(split)
+    bins = np.arange(0, 105, 5)
+    fig, axes = plt.subplots(1, len(splits), figsize=(3.4 * len(splits), 3), sharex=True)
+    for ax, name in zip(np.atleast_1d(axes), splits):
+        for sex in ("F", "M"):
+            chosen = ages[(split == name) & (sexes == sex) & ~np.isnan(ages)]
+            ax.hist(chosen, bins=bins, histtype="step", lw=1.5, label=f"{sex} ({len(chosen)})")
+        ax.set(xlabel="age (years)", ylabel="images", title=name)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from cxr.data.labels import ABNORMAL, negative_name
+from cxr.data.metadata import AGE_BANDS
 
 # Published results on the FULL ChestX-ray14 dataset; never measured here.
 PUBLISHED = (
@@ -91,6 +92,54 @@ def seed_study_markdown(study: Mapping, models: Mapping[str, Mapping], size: int
     return lines + [""]
 
 
+_LEVEL_NAMES = {"under_40": "age < 40", "40_to_60": "age 40–60", "over_60": "age > 60"}
+
+
+def subgroup_markdown(evals: Mapping[str, dict], positive: str) -> list[str]:
+    """The decision's test AUROC within each sex, age band and view position, per variant."""
+    groups = evals[next(iter(evals))][positive].get("subgroups")
+    if not groups:
+        return []
+    # Metrics files sort their keys: put age bands back in age order.
+    order = {band: i for i, band in enumerate(AGE_BANDS)}
+    columns = [(a, level) for a in ("sex", "age", "view") if a in groups
+               for level in sorted(groups[a], key=lambda level: (order.get(level, 0), level))]
+    head = " | ".join(f"{_LEVEL_NAMES.get(level, level)} ({groups[a][level]['images']} img, "
+                      f"{groups[a][level]['positives']} pos)" for a, level in columns)
+    lines = [f"## {positive[0].upper() + positive[1:]} AUROC by subgroup (test split, 95% CI)", "",
+             "Sex, age band and view position from the metadata; intervals from the same patient bootstrap, "
+             "restricted to the subgroup's images. A model much worse in one subgroup (AP views are bedside, "
+             "sicker patients) is not ready for it. Pictures of the data: `reports/data/`.", "",
+             f"| variant | {head} |", "|---|" + "---|" * len(columns)]
+    for v, e in evals.items():
+        cells = " | ".join(_auroc_cell(e[positive]["subgroups"][a][level]) for a, level in columns)
+        lines.append(f"| {v} | {cells} |")
+    return lines + ["", "![labels per split](data/labels_per_split.png)", "",
+                    "![age and sex per split](data/age_sex.png)", ""]
+
+
+def expert_markdown(evals: Mapping[str, dict]) -> list[str]:
+    """AUROC against Google's 2019 expert labels beside the NLP labels, on the same test images."""
+    expert = {v: e["expert_labels"] for v, e in evals.items() if "expert_labels" in e}
+    if not expert:
+        return []
+    variants, first = list(expert), next(iter(expert.values()))
+    lines = ["## Expert labels (Google 2019, radiologist-adjudicated) beside the NLP labels", "",
+             "On the test images that have both, each variant's score for the finding (noisy-OR of the NIH "
+             "outputs named) against the experts' labels and against the NLP labels. Airspace opacity ← "
+             "Consolidation, Infiltration, Pneumonia is this project's mapping; NIH has no fracture finding.", "",
+             "| finding | images | expert pos | NLP pos | NLP agrees | "
+             + " | ".join(f"{v} vs expert | {v} vs NLP" for v in variants) + " |",
+             "|---|---|---|---|---|" + "---|---|" * len(variants)]
+    for finding, f in first.items():
+        cells = " | ".join(f"{_auroc_cell(expert[v][finding]['expert'])} | {_auroc_cell(expert[v][finding]['nlp'])}"
+                           if "expert" in expert[v][finding] else f"{expert[v][finding]['status']} | "
+                           for v in variants)
+        lines.append(f"| {finding} | {f['images']} | {f['expert_positives']} | {f.get('nlp_positives', 'n/a')} | "
+                     f"{_num(f.get('nlp_agreement'), 2)} | {cells} |")
+    return lines + [""]
+
+
 def summary_markdown(evals: Mapping[str, dict], trains: Mapping[str, dict], exports: Mapping[str, dict],
                      data: Mapping[str, object], seed_study: Mapping | None = None,
                      models: Mapping[str, Mapping] | None = None) -> str:
@@ -145,6 +194,8 @@ def summary_markdown(evals: Mapping[str, dict], trains: Mapping[str, dict], expo
                       f"({trains[best]['val_decision_auroc']:.3f}).", ""]
     if seed_study is not None:
         lines += seed_study_markdown(seed_study, models or {}, data["size"])
+    if variants:
+        lines += subgroup_markdown(evals, positive) + expert_markdown(evals)
 
     lines += ["## AUROC per finding (test split, 95% CI from a patient-level bootstrap)", "",
               "Italic: fewer test positives than `evaluate.min_positives`; shown, not in the mean. "

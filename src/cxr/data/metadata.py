@@ -39,6 +39,19 @@ _ALIASES = {
     "OriginalImagePixelSpacing_y": "y]",
 }
 MAX_AGE = 120
+# Subgroups evaluate reports AUROC for: age bands in years (<40, 40-60 inclusive, >60),
+# named so they are also valid MLflow metric keys.
+AGE_BANDS = ("under_40", "40_to_60", "over_60")
+SUBGROUP_COLUMNS = {"sex": "Patient Gender", "age": "Patient Age", "view": "View Position"}
+# Google's 2019 radiologist-adjudicated labels (Majkowska et al., Radiology 2020), each with the
+# NIH findings a model's score for it combines. Airspace opacity <- Consolidation, Infiltration,
+# Pneumonia is this project's reading of the NIH names, not a published mapping; NIH has no fracture.
+EXPERT_FINDINGS = {
+    "Fracture": (),
+    "Pneumothorax": ("Pneumothorax",),
+    "Airspace opacity": ("Consolidation", "Infiltration", "Pneumonia"),
+    "Nodule or mass": ("Nodule", "Mass"),
+}
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([YMD]?)\s*$", re.IGNORECASE)
 _AGE_UNIT = {"": 1.0, "Y": 1.0, "M": 1 / 12, "D": 1 / 365.25}
 
@@ -53,6 +66,45 @@ def parse_age(value) -> float:
         return float(value)
     m = _AGE.match(str(value))
     return float(m.group(1)) * _AGE_UNIT[m.group(2).upper()] if m else float("nan")
+
+
+def age_band(ages) -> np.ndarray:
+    """The ``AGE_BANDS`` name of each age in years; ``''`` for a missing age."""
+    ages = np.asarray(ages, dtype=np.float64)
+    return np.select([ages < 40, ages <= 60, ages > 60], AGE_BANDS, default="").astype(object)
+
+
+def subgroups(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each image's subgroup per attribute of ``SUBGROUP_COLUMNS`` (sex, age band, view
+    position), ``''`` where the metadata does not say."""
+    out = {}
+    for name, column in SUBGROUP_COLUMNS.items():
+        values = table[column] if column in table.columns else pd.Series("", index=table.index)
+        out[name] = age_band(values) if name == "age" else values.fillna("").astype(str).to_numpy(dtype=object)
+    return out
+
+
+def read_expert_labels(path: str | os.PathLike) -> pd.DataFrame:
+    """Google 2019's adjudicated labels: one 0/1 column per ``EXPERT_FINDINGS``, indexed by
+    ``Image Index``. Raises ``MetadataError`` naming the file for a missing column or a
+    value other than ``YES``/``NO``."""
+    try:
+        raw = pd.read_csv(path, dtype=str)
+    except FileNotFoundError:
+        raise MetadataError(f"{path}: not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
+        raise MetadataError(f"{path}: not a readable CSV ({first_line(e)})") from None
+    for column in ("Image Index", *EXPERT_FINDINGS):
+        if column not in raw.columns:
+            raise MetadataError(f"{path}: missing column {column!r} (expected Google 2019's expert label file)")
+    out = raw.set_index("Image Index")[list(EXPERT_FINDINGS)]
+    bad = ~out.isin(["YES", "NO"])
+    if bad.any().any():
+        column = out.columns[bad.any()][0]
+        raise MetadataError(f"{path}: column {column!r} has {out[column][bad[column]].iloc[0]!r}; expected YES or NO")
+    if out.index.duplicated().any():
+        raise MetadataError(f"{path}: image {out.index[out.index.duplicated()][0]!r} is listed twice")
+    return (out == "YES").astype(np.uint8)
 
 
 def normalize_metadata(df: pd.DataFrame, source: str = "metadata") -> pd.DataFrame:

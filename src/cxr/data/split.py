@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.data.labels import LABEL_COLUMNS, multi_hot
-from cxr.data.metadata import FINDINGS
+from cxr.data.metadata import FINDINGS, subgroups
 
 SPLITS = ("train", "val", "test")
 
@@ -133,14 +133,19 @@ def assert_patient_disjoint(patients: pd.Series, split: pd.Series) -> None:
 
 
 def split_summary(table: pd.DataFrame, split: pd.Series) -> dict:
-    """Images, patients and positives per label per split."""
+    """Images, patients, positives per label and images per subgroup (sex, age band, view) per split."""
+    groups = subgroups(table)
     out = {}
     for name in SPLITS:
-        part = table[split == name]
+        mask = (split == name).to_numpy()
+        part = table[mask]
         out[name] = {
             "images": int(len(part)),
             "patients": int(part["Patient ID"].nunique()),
             "fraction": round(len(part) / len(table), 4),
             "positives": {c: int(part[c].sum()) for c in LABEL_COLUMNS if c in part.columns},
+            "subgroups": {attribute: {str(k): int(v) for k, v in
+                                      sorted(pd.Series(values[mask]).replace("", "unknown").value_counts().items())}
+                          for attribute, values in groups.items()},
         }
     return out
