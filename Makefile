@@ -6,7 +6,7 @@ PYTHON ?= python3
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install check-gpu-install browser-deps repro test test-fast pr-report check-repro bench bench-load seeds scale clean
+.PHONY: install check-gpu-install browser-deps repro test test-fast pr-report check-repro recipe bench bench-load seeds scale clean
 
 BASE ?= main
 
@@ -70,6 +70,14 @@ bench: repro
 # `cxr serve` under 32 concurrent clients sending real X-rays and hostile files; writes reports/load.json.
 bench-load: repro
 	$(BIN)/python bench/load.py
+
+# An earlier project's setup (recipes/NAME.yaml) as a DVC experiment in the workspace: params.yaml
+# and the results change (`dvc exp show` compares; `git checkout params.yaml dvc.lock` goes back).
+# SET: more overrides, e.g. make recipe NAME=capstone SET="models.resnet50.weights=null"
+NAME ?=
+SET ?=
+recipe: install
+	$(BIN)/cxr recipe $(NAME) $(foreach s,$(SET),--set $(s))
 
 # Every variant of params.yaml and of bench/candidates.yaml on 3 patient splits (about an hour here);
 # writes reports/seeds.json, which the report stage shows. Choose params on its validation column.

@@ -193,8 +193,8 @@ def bench_stall(size: int, batch: int) -> dict:
     import keras
 
     from cxr.data.dataset import load_dataset
-    from cxr.models import MODELS, build_model
-    from cxr.train import make_dataset
+    from cxr.models import MODELS
+    from cxr.train import build_network, make_dataset
 
     params = load_params(ROOT / "params.yaml")
     data = load_dataset(ROOT / "data/cache", ROOT / "data/labels.csv", ROOT / "data/splits.csv",
@@ -203,7 +203,7 @@ def bench_stall(size: int, batch: int) -> dict:
     for variant, mp in params.models.items():
         if MODELS[mp.family].fitted:  # no feed: fitted on thumbnails in one pass
             continue
-        model = build_model(mp.family, size, len(data.targets), dropout=mp.dropout)
+        model = build_network(mp, size, len(data.targets), variant)
         model.compile(keras.optimizers.Adam(1e-4), "binary_crossentropy")
         feed = iter(make_dataset(data.pixels, data.splits["train"], batch, shuffle=True, seed=0,
                                  augment=params.train.augment).repeat())

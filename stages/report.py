@@ -29,7 +29,8 @@ def main() -> None:
     data = {"source": params.data.source, "images": labels["rows"], "patients": labels["patients"],
             "split": params.split.method, "test_images": split["test"]["images"], "size": params.image.size}
     seeds = _read(Path(SEED_STUDY))   # measured by bench/seeds.py (make seeds), not by a stage
-    raw_models = {v: dataclasses.asdict(m) for v, m in params.models.items()}
+    # As YAML gives them (lists, not tuples), to compare with the params the seed study recorded.
+    raw_models = {v: json.loads(json.dumps(dataclasses.asdict(m))) for v, m in params.models.items()}
     text = summary_markdown({v: _read(Path(stage_metrics("eval", v))) for v in variants},
                             {v: _read(Path(stage_metrics("train", v))) for v in variants}, exports, data,
                             seeds, raw_models)

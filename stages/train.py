@@ -78,7 +78,7 @@ def main() -> None:
                    "val_decision_auroc": decision["auroc"], "val_decision_auroc_ci95": decision["auroc_ci95"],
                    "val_prediction_spread": prediction_spread(result.val_predictions),
                    "collapsed": is_collapsed(result.val_predictions), "epochs_run": result.epochs_run,
-                   "train_images": len(dataset.splits["train"]), "val_images": len(val)}
+                   "train_images": result.train_images, "val_images": len(val)}
         write_json(stage_metrics("train", variant), summary)
         # Timings are facts about this machine, not results: kept out of `dvc metrics`.
         timing = {"seconds": round(result.seconds, 2), "images_per_second": round(result.images_per_second, 1)}

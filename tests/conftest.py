@@ -15,7 +15,7 @@ BUNDLED = ROOT / "data" / "sample"
 FULL_METADATA = BUNDLED / "meta" / "Data_Entry_2017_v2020.csv.gz"
 LOWRES = ROOT / "tests" / "data" / "lowres"
 # What a temp copy of the project needs; generated outputs are left behind.
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "src", "stages", "data/sample", "reports/seeds.json", ".dvc/config", ".dvcignore",
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "src", "stages", "recipes", "data/sample", "reports/seeds.json", ".dvc/config", ".dvcignore",
                  ".gitignore")
 
 

@@ -87,3 +87,15 @@ def test_weights_checked_before_any_work(tmp_path):
 def test_unknown_family():
     with pytest.raises(ModelError, match="unknown model family 'vgg'"):
         build_model("vgg", 32, 1, dropout=0.1)
+
+
+@pytest.mark.parametrize("family,units", [("cnn", (128,)), ("cnn", ()), ("resnet50", ()), ("resnet50", (512, 512))])
+def test_the_head_is_dense_relu_layers_each_with_dropout_then_the_outputs(family, units):
+    model = build_model(family, 32, 3, dropout=0.3, head_units=units)
+    head = [layer for layer in model.layers if layer.name.startswith(("dense", "dropout", "probabilities"))]
+    expected = [(f"dense{i}", f"dropout{i}") for i in range(1, len(units) + 1)]
+    assert [layer.name for layer in head] == [n for pair in expected for n in pair] + (
+        [] if units else ["dropout"]) + ["probabilities"]
+    assert [layer.units for layer in head if isinstance(layer, keras.layers.Dense)] == [*units, 3]
+    assert {layer.rate for layer in head if isinstance(layer, keras.layers.Dropout)} == {0.3}
+    assert all(layer.activation.__name__ == "relu" for layer in head[:-1] if isinstance(layer, keras.layers.Dense))

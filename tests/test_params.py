@@ -146,3 +146,27 @@ def test_a_family_too_large_for_the_image_size_is_refused():
         r["models"]["cnn"]["family"] = "inception_v3"
         r["image"]["size"] = 64
     assert _error(inception) == "params.yaml: models.cnn.family: inception_v3 needs image.size >= 75, got 64"
+
+
+def test_head_and_sampling_keys_and_their_errors():
+    p = load_params(ROOT / "params.yaml")
+    assert p.models["cnn"].head.units == (128,) and p.models["resnet50"].head.units == ()
+    assert p.train.sampling in ("none", "undersample")
+    assert _error(lambda r: r["models"]["cnn"]["head"].update(units=[512, 0])) == (
+        "params.yaml: models.cnn.head.units: expected a list of at most 8 layer widths, each an integer in "
+        "[1, 65536] ([] for none), got [512, 0]")
+    assert _error(lambda r: r["models"]["cnn"].update(dropout=0.5)).startswith(
+        "params.yaml: models.cnn.dropout: unknown key")
+    assert _error(lambda r: r["train"].update(sampling="oversample")) == (
+        "params.yaml: train.sampling: expected one of 'none', 'undersample', got 'oversample'")
+
+
+def test_a_backbone_may_stay_frozen_for_every_epoch_but_not_longer():
+    def frozen(epochs):
+        raw = copy.deepcopy(RAW)
+        raw["models"]["resnet50"].update(epochs=3, freeze_epochs=epochs)
+        return parse_params(raw).models["resnet50"].freeze_epochs
+    assert frozen(3) == 3
+    assert _error(lambda r: r["models"]["resnet50"].update(epochs=3, freeze_epochs=4)) == (
+        "params.yaml: models.resnet50.freeze_epochs: expected at most epochs (3; equal: the backbone stays "
+        "frozen), got 4")

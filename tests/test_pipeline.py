@@ -231,7 +231,7 @@ def test_changed_evaluate_param_reruns_only_what_uses_it_and_shows_in_pr_report(
 
 
 def test_changed_variant_param_reruns_only_that_variant(tiny_project):
-    edit_params(tiny_project, lambda p: p["models"]["cnn"].update(dropout=0.3))
+    edit_params(tiny_project, lambda p: p["models"]["cnn"]["head"].update(dropout=0.3))
     ran = _stages_run(run(["dvc", "repro"], tiny_project).stdout)
     assert sorted(ran) == ["evaluate@cnn", "export@cnn", "report", "train@cnn"]
 

@@ -159,6 +159,39 @@ def test_two_phase_transfer_learning_freezes_then_unfreezes(small_dataset):
         [model_params.learning_rate, model_params.finetune_learning_rate])
 
 
+def test_a_backbone_frozen_for_every_epoch_trains_only_its_head_on_a_balanced_draw(small_dataset):
+    model_params = dataclasses.replace(PARAMS.model("mobilenet"), epochs=1, freeze_epochs=1)
+    train_params = dataclasses.replace(PARAMS.train, batch_size=64, sampling="undersample")
+    r = train_model(small_dataset, model_params, train_params, 32, "mobilenet", verbose=0)
+    assert not any(layer.trainable for layer in r.model.get_layer("backbone").layers)
+    assert [h["learning_rate"] for h in r.history] == pytest.approx([model_params.learning_rate])
+    positives = int((small_dataset.splits["train"].y.max(axis=1) > 0).sum())
+    assert r.train_images == 2 * min(positives, len(small_dataset.splits["train"]) - positives)
+
+
+def test_undersampling_keeps_the_smaller_side_and_a_seeded_draw_of_the_larger(full_metadata):
+    from cxr.data import FINDINGS
+    from cxr.data.dataset import Subset
+    from cxr.data.labels import multi_hot
+    from cxr.train import SamplingError, undersample
+    rows = full_metadata.head(3000)
+    y = multi_hot(rows["Finding Labels"])[list(FINDINGS)].to_numpy(np.float32)
+    subset = Subset(names=rows["Image Index"].to_numpy(), rows=np.arange(len(rows)), y=y,
+                    patients=rows["Patient ID"].to_numpy())
+    positive = y.max(axis=1) > 0
+    small = min(positive.sum(), (~positive).sum())
+    drawn = undersample(subset, seed=1)
+    assert len(drawn) == 2 * small and (drawn.y.max(axis=1) > 0).sum() == small
+    assert set(subset.names[positive]) <= set(drawn.names)          # every positive (here the smaller side) kept
+    assert list(drawn.rows) == sorted(drawn.rows)                    # original order
+    np.testing.assert_array_equal(drawn.y, y[drawn.rows])            # rows, labels and patients stay together
+    assert list(drawn.patients) == list(subset.patients[drawn.rows])
+    assert list(undersample(subset, seed=1).names) == list(drawn.names)
+    assert list(undersample(subset, seed=2).names) != list(drawn.names)
+    with pytest.raises(SamplingError, match="^train.sampling: undersample: the train split has only negative images$"):
+        undersample(dataclasses.replace(subset, y=np.zeros_like(y)), 0)
+
+
 MIRRORED = """
 import dataclasses, yaml
 from cxr.train import split_cpu, train_model

@@ -79,6 +79,27 @@ def _table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _recipe(args: argparse.Namespace) -> int:
+    import subprocess
+
+    import yaml
+
+    from cxr.recipes import RecipeError, load_recipe, recipe_overrides
+    text = Path("params.yaml").read_text()
+    committed = subprocess.run(["git", "show", "HEAD:params.yaml"], capture_output=True, text=True)
+    # dvc exp run applies the overrides to the workspace's params.yaml: an earlier recipe's would leak in.
+    if committed.returncode == 0 and committed.stdout != text:
+        raise RecipeError("params.yaml: differs from HEAD (an earlier recipe's changes?); commit it or run "
+                          "`git checkout params.yaml` first")
+    params = yaml.safe_load(text)
+    overrides = recipe_overrides(params, load_recipe(args.name), f"recipes/{args.name}.yaml") + args.set
+    if args.print:
+        print("\n".join(overrides))
+        return 0
+    command = ["dvc", "exp", "run", "-n", args.name, *(["--queue"] if args.queue else [])]
+    return subprocess.run(command + [a for o in overrides for a in ("-S", o)]).returncode
+
+
 def _serve(args: argparse.Namespace) -> None:
     from cxr.predict import load_predictor
     from cxr.serve import ServeLimits, create_app, make_server, trusted_hosts
@@ -125,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="first clone --base into a temporary folder and run `dvc repro` there from an empty cache")
     p.set_defaults(func=_check_repro)
+    p = sub.add_parser("recipe", help="run an earlier project's setup (recipes/NAME.yaml) as a DVC experiment")
+    p.add_argument("name", help="a file name in recipes/ without .yaml, e.g. triage")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one more override for dvc exp run -S (repeatable), e.g. models.capstone.weights=null")
+    p.add_argument("--queue", action="store_true", help="queue the experiment (dvc queue start runs it)")
+    p.add_argument("--print", action="store_true", help="print the overrides instead of running")
+    p.set_defaults(func=_recipe)
     p = sub.add_parser("predict", help="findings for PNG/JPEG/DICOM files or folders")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     p.add_argument("--model", help="a model bundle (models/cnn/export, or models/cnn), or one .keras or "

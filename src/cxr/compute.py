@@ -1,12 +1,14 @@
-"""How TensorFlow computes on a CPU: fixed before it starts, so results do not depend on the machine.
+"""How TensorFlow computes on a CPU: fixed before it starts, so results do not depend on the core count
+or the instruction set.
 
-Two things move float results between CPUs of the same kind (measured, see
-README "Reproducing results"): the instruction set oneDNN's kernels pick at
-run time (TensorFlow's matrix products go through oneDNN even with
+Two settings move float results between machines (measured, see README
+"Reproducing results"): the instruction set oneDNN's kernels pick at run
+time (TensorFlow's matrix products go through oneDNN even with
 ``TF_ENABLE_ONEDNN_OPTS=0``), and the number of threads a reduction is split
 over (TensorFlow sizes its pools from the cores it may use). Both are read
 from the environment when TensorFlow starts, so stages call ``configure``
-before importing it.
+before importing it. Another CPU model still trains networks differently
+(kernels block their sums by its cache sizes): measured in the README.
 """
 from __future__ import annotations
 

@@ -117,6 +117,14 @@ def _weights(v):
     raise _Invalid("null, 'imagenet' or a path to a local .weights.h5 file")
 
 
+def _units(v):
+    def width(u):
+        return isinstance(u, int) and not isinstance(u, bool) and 1 <= u <= 65_536
+    if not isinstance(v, list) or len(v) > 8 or not all(width(u) for u in v):
+        raise _Invalid("a list of at most 8 layer widths, each an integer in [1, 65536] ([] for none)")
+    return tuple(v)
+
+
 def _finetune_layers(v):
     return v if v == "all" else _int(1, 10_000)(v)
 
@@ -226,6 +234,7 @@ class TrainParams:
     batch_size: int = _check(_int(1, 4096))
     optimizer: str = _check(_choice("adam", "rmsprop", "sgd"))
     class_weighting: str = _check(_choice("none", "balanced"))
+    sampling: str = _check(_choice("none", "undersample"))   # undersample: as many decision negatives as positives
     early_stopping_patience: int = _check(_int(1, _EPOCHS))
     reduce_lr_patience: int = _check(_int(1, _EPOCHS))
     distribute: str = _check(_choice("none", "mirrored", "multi_worker"))
@@ -235,13 +244,21 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class HeadParams:
+    """What sits on the features (a backbone's pooled output, the cnn's flattened maps): dense ReLU
+    layers of ``units``, each followed by dropout (dropout alone if there are none), then the outputs."""
+    units: tuple = _check(_units)
+    dropout: float = _check(_float(0.0, 1.0, hi_open=True))
+
+
+@dataclass(frozen=True)
 class ModelParams:
     family: str = _check(_family)
     weights: str | None = _check(_weights)
     epochs: int = _check(_int(1, _EPOCHS))
     learning_rate: float = _check(_float(0.0, 1.0, lo_open=True))
-    dropout: float = _check(_float(0.0, 1.0, hi_open=True))
-    freeze_epochs: int = _check(_int(0, _EPOCHS))                 # epochs with the backbone frozen
+    head: HeadParams = _nested(HeadParams)
+    freeze_epochs: int = _check(_int(0, _EPOCHS))                 # epochs with the backbone frozen (all: = epochs)
     finetune_layers: int | str = _check(_finetune_layers)  # backbone layers unfrozen after: 'all' or a count
     finetune_learning_rate: float = _check(_float(0.0, 1.0, lo_open=True))
 
@@ -422,9 +439,9 @@ def _parse_models(raw: Any, file: str) -> dict[str, VariantParams]:
             models[variant] = _parse_section(LinearParams, section, f"models.{variant}", file)
             continue
         m = _parse_section(ModelParams, section, f"models.{variant}", file)
-        if m.freeze_epochs >= m.epochs and m.freeze_epochs:
-            raise ParamsError(f"{file}: models.{variant}.freeze_epochs: expected fewer than epochs "
-                              f"({m.epochs}), got {m.freeze_epochs}")
+        if m.freeze_epochs > m.epochs:
+            raise ParamsError(f"{file}: models.{variant}.freeze_epochs: expected at most epochs "
+                              f"({m.epochs}; equal: the backbone stays frozen), got {m.freeze_epochs}")
         models[variant] = m
     return models
 

@@ -28,6 +28,7 @@ DVC_LOCK = "dvc.lock"
 METRICS = "metrics"
 REPORTS = "reports"
 DATA_REPORTS = f"{REPORTS}/data"                   # pictures of the data (split stage)
+RECIPES = "recipes"                                # earlier projects' setups as params overrides (cxr recipe)
 SEED_STUDY = f"{REPORTS}/seeds.json"               # every variant over several split seeds: bench/seeds.py
 
 

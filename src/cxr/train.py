@@ -78,6 +78,24 @@ def balanced_class_weights(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return w_pos.astype(np.float32), w_neg.astype(np.float32)
 
 
+class SamplingError(CxrError):
+    """A train split that the sampling asked for cannot be drawn from."""
+
+
+def undersample(subset: Subset, seed: int) -> Subset:
+    """The subset with as many decision negatives as positives (the decision: any target
+    positive): every image of the smaller side and a seeded random draw of the larger, in
+    their original order. Whole images are dropped, so it is balanced once for all epochs."""
+    positive = subset.y.max(axis=1) > 0
+    small, large = sorted((np.flatnonzero(positive), np.flatnonzero(~positive)), key=len)
+    if not len(small):
+        side = "positive" if positive.any() else "negative"
+        raise SamplingError(f"train.sampling: undersample: the train split has only {side} images")
+    keep = np.sort(np.concatenate([small, np.random.default_rng(seed).choice(large, len(small), replace=False)]))
+    return dataclasses.replace(subset, names=subset.names[keep], rows=subset.rows[keep], y=subset.y[keep],
+                               patients=subset.patients[keep])
+
+
 @keras.saving.register_keras_serializable(package="cxr")
 class WeightedBinaryCrossentropy(keras.losses.Loss):
     """Binary cross-entropy with a weight per class for positives and for negatives."""
@@ -328,6 +346,7 @@ class TrainResult:
     val_predictions: np.ndarray  # of the kept (best) epoch
     seconds: float
     images_per_second: float
+    train_images: int            # those trained on (after train.sampling)
 
 
 def fit_linear_model(dataset: Dataset, params: LinearParams, size: int, name: str = "linear") -> TrainResult:
@@ -352,7 +371,7 @@ def fit_linear_model(dataset: Dataset, params: LinearParams, size: int, name: st
     row = {"epoch": 1, "loss": train_loss, "auroc": nan if train_auroc is None else train_auroc,
            "val_loss": val_loss, "val_auroc": nan if val_auroc is None else val_auroc}
     return TrainResult(model=model, history=[row], best=row, epochs_run=1, val_predictions=val_p,
-                       seconds=seconds, images_per_second=len(train) / seconds)
+                       seconds=seconds, images_per_second=len(train) / seconds, train_images=len(train))
 
 
 def train_model(dataset: Dataset, model_params: VariantParams, train_params: TrainParams, size: int,
@@ -362,9 +381,14 @@ def train_model(dataset: Dataset, model_params: VariantParams, train_params: Tra
 
     Two phases for backbone families: ``freeze_epochs`` with the backbone
     frozen at ``learning_rate``, then ``finetune_layers`` of it unfrozen at
-    ``finetune_learning_rate``. The best epoch by val AUROC is kept. A
+    ``finetune_learning_rate`` (none if ``freeze_epochs`` equals ``epochs``).
+    The best epoch by val AUROC is kept. ``train.sampling: undersample``
+    trains on a balanced draw of the train split (``undersample``). A
     ``linear`` variant is fitted instead (``fit_linear_model``).
     """
+    if train_params.sampling == "undersample":
+        balanced = undersample(dataset.splits["train"], train_params.seed)
+        dataset = dataclasses.replace(dataset, splits={**dataset.splits, "train": balanced})
     if isinstance(model_params, LinearParams):
         return fit_linear_model(dataset, model_params, size, name)
     policy = train_params.mixed_precision
@@ -379,8 +403,7 @@ def train_model(dataset: Dataset, model_params: VariantParams, train_params: Tra
     # The kept model (saved, evaluated, exported) is a plain float32 copy: mixed precision speeds up
     # training only (its variables are float32 already), and a multi-worker model's variables run
     # collectives with the other workers, which may have exited, whenever it predicts.
-    mp = model_params
-    model = build_model(mp.family, size, len(dataset.targets), name=name, dropout=mp.dropout, weights=mp.weights)
+    model = build_network(model_params, size, len(dataset.targets), name)
     model.set_weights(result.model.get_weights())
     return dataclasses.replace(result, model=model)
 
@@ -393,6 +416,12 @@ def weights_sha256(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
+def build_network(mp: ModelParams, size: int, outputs: int, name: str) -> keras.Model:
+    """The registry's model for a network variant's params."""
+    return build_model(mp.family, size, outputs, name=name, dropout=mp.head.dropout, head_units=mp.head.units,
+                       weights=mp.weights)
+
+
 def _train_network(dataset: Dataset, mp: ModelParams, tp: TrainParams, size: int, name: str,
                    callbacks: Sequence[keras.callbacks.Callback], strategy: tf.distribute.Strategy | None,
                    verbose: int) -> TrainResult:
@@ -401,7 +430,7 @@ def _train_network(dataset: Dataset, mp: ModelParams, tp: TrainParams, size: int
     train, val = dataset.splits["train"], dataset.splits["val"]
     targets = len(dataset.targets)
     with strategy.scope():
-        model = build_model(mp.family, size, targets, name=name, dropout=mp.dropout, weights=mp.weights)
+        model = build_network(mp, size, targets, name)
         if keras.mixed_precision.global_policy().name != "float32":
             # The sigmoid and the loss stay float32 (Keras's mixed-precision advice).
             model.get_layer("probabilities").dtype_policy = keras.DTypePolicy("float32")
@@ -439,7 +468,8 @@ def _train_network(dataset: Dataset, mp: ModelParams, tp: TrainParams, size: int
     phases = []
     if backbone and mp.freeze_epochs:
         phases.append((None, mp.learning_rate, mp.freeze_epochs))
-        phases.append((mp.finetune_layers, mp.finetune_learning_rate, mp.epochs))
+        if mp.freeze_epochs < mp.epochs:   # equal: the backbone stays frozen throughout
+            phases.append((mp.finetune_layers, mp.finetune_learning_rate, mp.epochs))
     else:
         phases.append(("all", mp.learning_rate, mp.epochs))
 
@@ -461,7 +491,7 @@ def _train_network(dataset: Dataset, mp: ModelParams, tp: TrainParams, size: int
     per_epoch = steps * tp.batch_size if steps else len(train)
     return TrainResult(model=model, history=scores.rows, best=scores.best, epochs_run=len(scores.rows),
                        val_predictions=scores.best_predictions, seconds=seconds,
-                       images_per_second=per_epoch * len(scores.rows) / seconds)
+                       images_per_second=per_epoch * len(scores.rows) / seconds, train_images=len(train))
 
 
 # --- saving ---

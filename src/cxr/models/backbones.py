@@ -1,10 +1,12 @@
 """Any ``keras.applications`` backbone as a 1-channel, 0..255-input classifier."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 from keras import layers
+
+from cxr.models.head import classification_head
 
 # ImageNet statistics each family's own ``preprocess_input`` applies.
 _CAFFE_MEAN = (103.939, 116.779, 123.68)  # BGR means; gray input makes the BGR order moot
@@ -26,9 +28,10 @@ def _preprocess(mode: str, x):
 
 
 def build_backbone_classifier(application: Callable[..., keras.Model], preprocess: str, size: int,
-                              outputs: int, dropout: float = 0.2, weights: str | None = None,
-                              name: str = "model") -> keras.Model:
-    """``application`` (e.g. ``keras.applications.ResNet50``) without its top, plus GAP, dropout, sigmoid.
+                              outputs: int, dropout: float = 0.2, head_units: Sequence[int] = (),
+                              weights: str | None = None, name: str = "model") -> keras.Model:
+    """``application`` (e.g. ``keras.applications.ResNet50``) without its top, plus GAP and the
+    head (by default dropout alone) with sigmoid outputs.
 
     ``weights``: None (random init), ``'imagenet'`` or a local backbone
     ``.weights.h5`` file. With pretrained weights the backbone runs in
@@ -41,6 +44,5 @@ def build_backbone_classifier(application: Callable[..., keras.Model], preproces
     backbone = application(include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg")
     backbone.name = "backbone"
     x = backbone(x, training=False) if weights is not None else backbone(x)
-    x = layers.Dropout(dropout, name="dropout")(x)
-    out = layers.Dense(outputs, activation="sigmoid", name="probabilities")(x)
+    out = classification_head(x, outputs, head_units, dropout)
     return keras.Model(inputs, out, name=name)

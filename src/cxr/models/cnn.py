@@ -1,13 +1,18 @@
 """The small from-scratch CNN earlier projects on this data used, done right."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 from keras import layers
 
+from cxr.models.head import classification_head
 
-def build_cnn(size: int, outputs: int, dropout: float = 0.5, weights: str | None = None,
-              name: str = "cnn") -> keras.Model:
-    """Two conv + max-pool blocks with ReLU, dense 128, dropout, sigmoid outputs.
+
+def build_cnn(size: int, outputs: int, dropout: float = 0.5, head_units: Sequence[int] = (128,),
+              weights: str | None = None, name: str = "cnn") -> keras.Model:
+    """Two conv + max-pool blocks with ReLU, flattened, then the head (by default dense 128,
+    dropout) and sigmoid outputs.
 
     ``weights`` may be a local ``.weights.h5`` file of this same architecture.
     """
@@ -17,9 +22,7 @@ def build_cnn(size: int, outputs: int, dropout: float = 0.5, weights: str | None
         x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(128, activation="relu", name="dense")(x)
-    x = layers.Dropout(dropout, name="dropout")(x)
-    out = layers.Dense(outputs, activation="sigmoid", name="probabilities")(x)
+    out = classification_head(x, outputs, head_units, dropout)
     model = keras.Model(inputs, out, name=name)
     if weights is not None:
         model.load_weights(weights)

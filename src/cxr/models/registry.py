@@ -23,17 +23,17 @@ class ModelSpec:
 
 
 def _application(class_name: str, preprocess: str) -> Callable:
-    def build(size, outputs, *, name, dropout, weights=None):
+    def build(size, outputs, *, name, dropout, head_units=(), weights=None):
         import keras
         from cxr.models.backbones import build_backbone_classifier
         return build_backbone_classifier(getattr(keras.applications, class_name), preprocess, size, outputs,
-                                         dropout=dropout, weights=weights, name=name)
+                                         dropout=dropout, head_units=head_units, weights=weights, name=name)
     return build
 
 
-def _cnn(size, outputs, *, name, dropout, weights=None):
+def _cnn(size, outputs, *, name, dropout, head_units=(128,), weights=None):
     from cxr.models.cnn import build_cnn
-    return build_cnn(size, outputs, dropout=dropout, weights=weights, name=name)
+    return build_cnn(size, outputs, dropout=dropout, head_units=head_units, weights=weights, name=name)
 
 
 def _linear(size, outputs, *, thumbnail, components, name):
@@ -98,7 +98,8 @@ def _imagenet_reachable(timeout: float = 3.0) -> bool:
 def build_model(family: str, size: int, outputs: int, name: str | None = None, **options):
     """Build a registered family; see ``cxr.models`` for the input/output contract.
 
-    ``options`` are the family's own: ``dropout`` and ``weights`` for networks,
+    ``options`` are the family's own: ``dropout``, ``head_units`` (dense layer widths
+    before the outputs) and ``weights`` for networks,
     ``thumbnail`` and ``components`` for ``linear``.
     """
     if family not in MODELS:
