@@ -6,7 +6,7 @@ PYTHON ?= python3
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install check-gpu-install browser-deps repro test test-fast pr-report check-repro recipe bench bench-load seeds scale clean
+.PHONY: install check-gpu-install browser-deps repro test test-fast pr-report check-repro recipe sweep bench bench-families bench-load seeds scale clean
 
 BASE ?= main
 
@@ -78,6 +78,17 @@ NAME ?=
 SET ?=
 recipe: install
 	$(BIN)/cxr recipe $(NAME) $(foreach s,$(SET),--set $(s))
+
+# The backbone sweep: one queued DVC experiment per network family (recipes/sweep.yaml), started in
+# the background (`dvc queue status` watches; `dvc exp show --sort-by metrics/eval/candidate.json:abnormal.auroc`
+# ranks). SET as for recipe, e.g. SET="models.candidate.weights=imagenet" where the internet is reachable.
+sweep: install
+	$(BIN)/cxr sweep $(foreach s,$(SET),--set $(s))
+	$(BIN)/dvc queue start
+
+# Training cost per network family on this CPU (what `make sweep` will take); writes reports/families.json.
+bench-families: install
+	$(BIN)/python bench/families.py
 
 # Every variant of params.yaml and of bench/candidates.yaml on 3 patient splits (about an hour here);
 # writes reports/seeds.json, which the report stage shows. Choose params on its validation column.

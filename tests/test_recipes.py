@@ -6,14 +6,15 @@ import yaml
 
 from conftest import ROOT, edit_params, run, tiny_params
 from cxr.params import parse_params
-from cxr.recipes import RecipeError, apply_recipe, load_recipe, recipe_names, recipe_overrides
+from cxr.recipes import (SWEEP, SWEEP_VARIANT, RecipeError, apply_recipe, load_recipe, recipe_names, recipe_overrides,
+                         sweep_recipes)
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 RECIPES = {"capstone", "chexnet", "ios_app", "mobilenet_study", "triage"}
 
 
 def test_every_recipe_gives_valid_params_and_keeps_what_it_does_not_name():
-    assert set(recipe_names(ROOT)) == RECIPES
+    assert set(recipe_names(ROOT)) == RECIPES | {SWEEP}
     for name in RECIPES:
         recipe = load_recipe(name, ROOT)
         merged = apply_recipe(PARAMS, recipe)
@@ -48,40 +49,82 @@ def test_a_bad_recipe_fails_before_dvc_runs_naming_the_recipe_and_key(tmp_path):
 
 
 def _small(name: str) -> list[str]:
-    """Overrides that make a recipe quick: 32 px, one epoch, random weights, one TFLite format."""
-    out = ["image.size=32", "train.batch_size=64", "evaluate.bootstrap=20", "evaluate.heatmaps=1",
-           "export.tflite=[fp32]", "export.coreml=false", "export.representative_images=8",
-           "export.latency_images=2"]
+    """Overrides that make a recipe quick: 32 px, one epoch of one batch, random weights, no heatmaps, the
+    bundle without TFLite or Core ML files (both are tested on the tiny project)."""
+    out = ["image.size=32", "train.batch_size=64", "train.steps_per_epoch=1", "evaluate.bootstrap=20",
+           "evaluate.heatmaps=0", "export.tflite=[]", "export.coreml=false"]
     for variant, m in load_recipe(name, ROOT)["models"].items():
         out += [f"models.{variant}.epochs=1", f"models.{variant}.weights=null",
                 f"models.{variant}.freeze_epochs={min(m['freeze_epochs'], 1)}"]
     return out
 
 
+def _experiments(project, sort_by: str | None = None) -> dict[str, dict]:
+    """``dvc exp show``: each experiment's metrics files by name."""
+    shown = json.loads(run(["dvc", "exp", "show", "--json", *(["--sort-by", sort_by] if sort_by else [])],
+                           project).stdout)
+    return {rev["name"]: {path: m["data"] for path, m in rev["data"]["metrics"].items() if "data" in m}
+            for baseline in shown for exp in baseline.get("experiments") or [] for rev in exp["revs"]}
+
+
 def test_every_recipe_runs_end_to_end_as_a_dvc_experiment(project):
     edit_params(project, tiny_params)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline"], project)
-    for name in sorted(RECIPES):
-        recipe = load_recipe(name, ROOT)
-        run(["cxr", "recipe", name, *[a for s in _small(name) for a in ("--set", s)]], project)
-        decision = parse_params(apply_recipe(PARAMS, recipe)).labels.decision[0]
-        summary = (project / "reports" / "summary.md").read_text()
-        for variant in recipe["models"]:
-            evaluation = json.loads((project / "metrics" / "eval" / f"{variant}.json").read_text())
-            assert evaluation["decision"] == decision and f"| {variant} |" in summary
-            assert (project / "models" / variant / "export" / "model_fp32.tflite").is_file()
-        if name == "ios_app":   # undersampled: as many Infiltration-negative as positive train images
-            trained = json.loads((project / "metrics" / "train" / "cnn.json").read_text())["train_images"]
-            split = json.loads((project / "metrics" / "split.json").read_text())["train"]
-            assert trained == 2 * min(split["positives"]["Infiltration"], split["images"] - split["positives"]["Infiltration"])
-        run(["git", "checkout", "params.yaml"], project)
-    shown = run(["dvc", "exp", "show", "--json"], project).stdout
-    assert all(f'"{name}"' in shown for name in RECIPES)
-    proc = run(["cxr", "recipe", "triage", "--print"], project, check=False)
-    assert proc.returncode == 0
-    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("seed: 42", "seed: 43"))
+    # As `make recipe` does: in the workspace, which then holds the recipe's params and results.
+    run(["cxr", "recipe", "ios_app", *[a for s in _small("ios_app") for a in ("--set", s)]], project)
+    trained = json.loads((project / "metrics" / "train" / "cnn.json").read_text())["train_images"]
+    split = json.loads((project / "metrics" / "split.json").read_text())["train"]
+    infiltration = split["positives"]["Infiltration"]   # undersampled: as many negatives as positives
+    assert trained == 2 * min(infiltration, split["images"] - infiltration)
+    assert "| cnn |" in (project / "reports" / "summary.md").read_text()
     proc = run(["cxr", "recipe", "triage"], project, check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == (
         "cxr recipe: params.yaml: differs from HEAD (an earlier recipe's changes?); commit it or run "
         "`git checkout params.yaml` first")
+    run(["git", "checkout", "params.yaml"], project)
+    # The others queued and run two at a time, as `dvc queue start -j 2` would, through evaluate: export
+    # and report do not depend on the recipe (ios_app above ran them; the tiny project tests them at length).
+    for name in sorted(RECIPES - {"ios_app"}):
+        run(["cxr", "recipe", name, "--queue", "--stage", "evaluate", *[a for s in _small(name) for a in ("--set", s)]],
+            project)
+    run(["dvc", "exp", "run", "--run-all", "-j", "2"], project)
+    experiments = _experiments(project)
+    assert set(experiments) == RECIPES
+    for name, metrics in experiments.items():
+        recipe = load_recipe(name, ROOT)
+        decision = parse_params(apply_recipe(PARAMS, recipe)).labels.decision[0]
+        for variant in recipe["models"]:   # trained, and evaluated with the recipe's decision
+            assert metrics[f"metrics/train/{variant}.json"]["epochs_run"] == 1
+            assert metrics[f"metrics/eval/{variant}.json"]["decision"] == decision
+
+
+def test_the_sweep_has_one_recipe_per_network_family_that_fits_the_image_size():
+    from cxr.models import MODELS
+    recipes, too_small = sweep_recipes(load_recipe(SWEEP, ROOT), 64)
+    assert too_small == ["inception_v3", "xception"]   # they need 75 and 71 px
+    assert set(recipes) | set(too_small) | {"linear"} == set(MODELS)
+    for family, recipe in recipes.items():
+        parsed = parse_params(apply_recipe({**PARAMS, "image": {"size": 64}}, recipe))
+        assert list(parsed.models) == [SWEEP_VARIANT] and parsed.models[SWEEP_VARIANT].family == family
+    assert set(sweep_recipes(load_recipe(SWEEP, ROOT), 128)[0]) == set(MODELS) - {"linear"}
+    with pytest.raises(RecipeError, match="sweep.yaml: expected models with one variant, 'candidate'"):
+        sweep_recipes({"models": {"a": {}, "b": {}}}, 64)
+
+
+def test_the_sweep_queues_one_experiment_per_family_and_dvc_exp_show_ranks_them(project):
+    edit_params(project, tiny_params)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline"], project)
+    out = run(["cxr", "sweep", "--families", "cnn,mobilenet", "--stage", "evaluate",
+               *[a for s in _small(SWEEP) for a in ("--set", s)]], project).stdout
+    assert "queued 2 experiments (cnn, mobilenet)" in out
+    assert "dvc exp show --sort-by metrics/eval/candidate.json:abnormal.auroc" in out
+    run(["dvc", "exp", "run", "--run-all", "-j", "2"], project)    # what `dvc queue start -j 2` does, in the foreground
+    metrics = f"metrics/eval/{SWEEP_VARIANT}.json"
+    scores = {name: m[metrics]["abnormal"]["auroc"] for name, m in _experiments(project, f"{metrics}:abnormal.auroc").items()}
+    assert set(scores) == {"sweep-cnn", "sweep-mobilenet"} and all(0 <= a <= 1 for a in scores.values())
+    proc = run(["cxr", "sweep", "--families", "cnn,inception_v3"], project, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "cxr sweep: --families: 'inception_v3' is not a network family that fits image.size 32 (have: cnn, "
+        "resnet50, mobilenet, mobilenet_v2, densenet121, densenet169, efficientnetb0, vgg16, nasnetmobile)")

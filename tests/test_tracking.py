@@ -109,3 +109,37 @@ def test_a_real_tracking_server_takes_the_training_run_and_its_model(project, tm
     assert proc.returncode == 1
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith(f"train: MLFLOW_TRACKING_URI={uri}: tracking server unreachable")
+
+
+_START_TRAINING_RUN = """
+import sys
+from cxr.tracking import training_run
+print("ready", flush=True)
+sys.stdin.readline()   # both processes go on at the same moment
+with training_run(sys.argv[2], "train@" + sys.argv[2], {"epochs": 1}, "data-sha", uri=sys.argv[1]) as run:
+    pass
+print("started", flush=True)
+"""
+
+
+def test_two_trainings_starting_together_on_a_new_sqlite_store_both_get_their_run(tmp_path):
+    """`dvc queue start -j 2`: two train stages create the same new SQLite store at once. Without the
+    lock around the first contact, MLflow's migrations collided here in 2 of 3 tries (one or both
+    processes failing on 'table ... already exists')."""
+    import mlflow
+    from conftest import project_env
+    from cxr.tracking import EXPERIMENT
+    for attempt in range(3):   # the race is not certain in any one try; each try uses a new store
+        uri = f"sqlite:///{tmp_path / f'mlflow{attempt}.db'}"
+        procs = [subprocess.Popen([sys.executable, "-c", _START_TRAINING_RUN, uri, variant], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=project_env(ROOT))
+                 for variant in ("cnn", "mobilenet")]
+        assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+        for p in procs:
+            p.stdin.write("\n")
+            p.stdin.flush()
+        results = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], results
+        client = mlflow.MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+        assert sorted(r.info.run_name for r in runs if r.info.run_name in ("cnn", "mobilenet")) == ["cnn", "mobilenet"]

@@ -79,25 +79,62 @@ def _table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _recipe(args: argparse.Namespace) -> int:
+def _workspace_params() -> dict:
+    """params.yaml, which must be HEAD's: dvc exp run applies overrides to the workspace's file, so
+    an earlier recipe's changes would leak into the next experiment."""
     import subprocess
 
     import yaml
 
-    from cxr.recipes import RecipeError, load_recipe, recipe_overrides
+    from cxr.recipes import RecipeError
     text = Path("params.yaml").read_text()
     committed = subprocess.run(["git", "show", "HEAD:params.yaml"], capture_output=True, text=True)
-    # dvc exp run applies the overrides to the workspace's params.yaml: an earlier recipe's would leak in.
     if committed.returncode == 0 and committed.stdout != text:
         raise RecipeError("params.yaml: differs from HEAD (an earlier recipe's changes?); commit it or run "
                           "`git checkout params.yaml` first")
-    params = yaml.safe_load(text)
+    return yaml.safe_load(text)
+
+
+def _experiment(name: str, overrides: list[str], queue: bool, stages: list[str]) -> int:
+    import subprocess
+    command = ["dvc", "exp", "run", "-n", name, *(["--queue"] if queue else [])]
+    return subprocess.run(command + [a for o in overrides for a in ("-S", o)] + stages).returncode
+
+
+def _recipe(args: argparse.Namespace) -> int:
+    from cxr.recipes import load_recipe, recipe_overrides
+    params = _workspace_params()
     overrides = recipe_overrides(params, load_recipe(args.name), f"recipes/{args.name}.yaml") + args.set
     if args.print:
         print("\n".join(overrides))
         return 0
-    command = ["dvc", "exp", "run", "-n", args.name, *(["--queue"] if args.queue else [])]
-    return subprocess.run(command + [a for o in overrides for a in ("-S", o)]).returncode
+    return _experiment(args.name, overrides, args.queue, args.stage)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from cxr.data.labels import decision_names
+    from cxr.recipes import SWEEP, SWEEP_VARIANT, RecipeError, load_recipe, recipe_overrides, sweep_recipes
+    params = _workspace_params()
+    recipes, too_small = sweep_recipes(load_recipe(SWEEP), params["image"]["size"])
+    if args.families:
+        chosen = args.families.split(",")
+        unknown = [f for f in chosen if f not in recipes]
+        if unknown:
+            raise RecipeError(f"--families: {unknown[0]!r} is not a network family that fits image.size "
+                              f"{params['image']['size']} (have: {', '.join(recipes)})")
+        recipes = {f: recipes[f] for f in chosen}
+    for family, recipe in recipes.items():
+        status = _experiment(f"sweep-{family}", recipe_overrides(params, recipe, f"recipes/{SWEEP}.yaml") + args.set,
+                             queue=True, stages=args.stage)
+        if status:
+            return status
+    decision = decision_names(params["labels"]["task"], params["labels"]["target"])[0]
+    print(f"cxr sweep: queued {len(recipes)} experiments ({', '.join(recipes)})"
+          + (f"; left out, too large for image.size {params['image']['size']}: {', '.join(too_small)}"
+             if too_small else "")
+          + f". Run them: dvc queue start; rank them: dvc exp show --sort-by "
+            f"metrics/eval/{SWEEP_VARIANT}.json:{decision}.auroc")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -151,8 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="one more override for dvc exp run -S (repeatable), e.g. models.capstone.weights=null")
     p.add_argument("--queue", action="store_true", help="queue the experiment (dvc queue start runs it)")
+    p.add_argument("--stage", action="append", default=[], metavar="STAGE",
+                   help="run only this stage and what it needs (repeatable), e.g. evaluate; default: all")
     p.add_argument("--print", action="store_true", help="print the overrides instead of running")
     p.set_defaults(func=_recipe)
+    p = sub.add_parser("sweep", help="queue one DVC experiment per network family (recipes/sweep.yaml)")
+    p.add_argument("--families", help="comma-separated families instead of every one, e.g. cnn,mobilenet")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one more override for every experiment (repeatable), e.g. models.candidate.epochs=5")
+    p.add_argument("--stage", action="append", default=[], metavar="STAGE",
+                   help="run only this stage and what it needs (repeatable), e.g. evaluate; default: all")
+    p.set_defaults(func=_sweep)
     p = sub.add_parser("predict", help="findings for PNG/JPEG/DICOM files or folders")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     p.add_argument("--model", help="a model bundle (models/cnn/export, or models/cnn), or one .keras or "

@@ -86,3 +86,26 @@ def recipe_overrides(params: dict, recipe: dict, where: str = "recipe") -> list[
         else:
             yield f"++{key}={_value(node)}"
     return out + list(leaves(recipe, ""))
+
+
+SWEEP = "sweep"               # recipes/sweep.yaml: the settings every family of a sweep shares
+SWEEP_VARIANT = "candidate"   # one name in every sweep experiment, so `dvc exp show --sort-by` ranks them
+
+
+def sweep_recipes(template: dict, size: int) -> tuple[dict[str, dict], list[str]]:
+    """One recipe per registered network family: ``template`` (the sweep recipe) with its
+    ``candidate`` variant set to that family. Also the families left out because they need
+    larger images than ``size``."""
+    from cxr.models import MODELS
+    entry = template.get("models", {}).get(SWEEP_VARIANT)
+    if not isinstance(entry, dict) or len(template["models"]) != 1:
+        raise RecipeError(f"{RECIPES}/{SWEEP}.yaml: expected models with one variant, {SWEEP_VARIANT!r}")
+    recipes, too_small = {}, []
+    for family, spec in MODELS.items():
+        if spec.fitted:
+            continue
+        if spec.min_size > size:
+            too_small.append(family)
+            continue
+        recipes[family] = {**template, "models": {SWEEP_VARIANT: {**entry, "family": family}}}
+    return recipes, too_small

@@ -171,10 +171,11 @@ class TrainingRun:
 def _failures() -> tuple[type[BaseException], ...]:
     """What a failing store raises: MLflow wraps most SQL and HTTP errors in MlflowException,
     but a connection that cannot even be checked out (a locked SQLite file) surfaces as
-    SQLAlchemy's own error."""
+    SQLAlchemy's own error, and a schema migration another process is running as Alembic's."""
+    from alembic.util.exc import CommandError
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
-    return (MlflowException, SQLAlchemyError, OSError)
+    return (MlflowException, SQLAlchemyError, CommandError, OSError)
 
 
 def _data_run(mlflow, data_sha256: str, data_metrics: dict[str, dict]) -> str:
@@ -206,6 +207,24 @@ def _data_run(mlflow, data_sha256: str, data_metrics: dict[str, dict]) -> str:
 
 
 @contextmanager
+def _one_at_a_time(uri: str):
+    """Hold an exclusive lock on a local SQLite store's file: experiments run in parallel
+    (`dvc queue start -j 2`) would otherwise create a new store's tables at once, and MLflow's
+    migrations then collide (measured: 'table ... already exists', for both processes). flock,
+    not SQLite's own fcntl locks, so it never blocks SQLite itself."""
+    import fcntl
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    with open(uri[len("sqlite:///"):], "ab") as store:   # an empty file is an empty SQLite database
+        fcntl.flock(store, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(store, fcntl.LOCK_UN)
+
+
+@contextmanager
 def training_run(variant: str, stage: str, params: dict, data_sha256: str, uri: str | None = None,
                  data_metrics: dict[str, dict] | None = None, tags: dict[str, str] | None = None):
     """An MLflow run for one training of ``variant``, nested under the run of its data
@@ -217,7 +236,8 @@ def training_run(variant: str, stage: str, params: dict, data_sha256: str, uri: 
     mlflow.set_tracking_uri(uri)
     tags = {TAG_VARIANT: variant, TAG_STAGE: stage, TAG_DATA: data_sha256, **run_tags(), **(tags or {})}
     try:  # before any training: failing here loses nothing
-        parent = _data_run(mlflow, data_sha256, data_metrics or {})
+        with _one_at_a_time(uri):   # the first contact may create the store
+            parent = _data_run(mlflow, data_sha256, data_metrics or {})
         # The tag, not start_run(parent_run_id=): MLflow nests only under an active run that way.
         run_id = mlflow.start_run(run_name=variant, tags={**tags, "mlflow.parentRunId": parent}).info.run_id
         mlflow.log_params({k: "null" if v is None else v for k, v in flatten(params).items()})
