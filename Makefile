@@ -6,7 +6,7 @@ PYTHON ?= python3
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install check-gpu-install browser-deps repro test test-fast pr-report check-repro recipe sweep bench bench-families bench-load seeds scale clean
+.PHONY: install check-gpu-install browser-deps repro test test-fast pr-report check-repro recipe sweep bench bench-families bench-features bench-load seeds scale clean
 
 BASE ?= main
 
@@ -89,6 +89,10 @@ sweep: install
 # Training cost per network family on this CPU (what `make sweep` will take); writes reports/families.json.
 bench-families: install
 	$(BIN)/python bench/families.py
+
+# A frozen-backbone epoch with and without the bottleneck feature cache; writes reports/features.json.
+bench-features: repro
+	$(BIN)/python bench/features.py
 
 # Every variant of params.yaml and of bench/candidates.yaml on 3 patient splits (about an hour here);
 # writes reports/seeds.json, which the report stage shows. Choose params on its validation column.

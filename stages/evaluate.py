@@ -40,9 +40,9 @@ def main() -> None:
     test_p, val_p = predict(model, test_images), predict(model, data.images("val"))
     result = evaluate_predictions(data.targets, test.y, test_p, test.patients, val.y, val_p,
                                   threshold=ep.threshold, beta=ep.beta, min_positives=ep.min_positives,
-                                  bootstrap=ep.bootstrap, seed=ep.seed, decision=params.labels.decision[0])
+                                  bootstrap=ep.bootstrap, seed=ep.seed, decision=params.labels.decision)
     metrics, curves = result["metrics"], result["curves"]
-    names = params.labels.decision            # e.g. ("abnormal", "normal"), ("Infiltration", "no Infiltration")
+    names = params.labels.decision.positive, params.labels.decision.negative   # e.g. abnormal, normal
     decision = metrics[names[0]]
     out = variant_reports(variant)
     truth, score, t = curves["truth"], curves["score"], curves["threshold"]
@@ -66,7 +66,7 @@ def main() -> None:
     with atomic_path(f"{out}/heatmaps") as tmp:
         tmp.mkdir()
         if chosen:
-            for cam, i in zip(gradcam.grad_cam(model, test_images[chosen]), chosen):
+            for cam, i in zip(gradcam.grad_cam(model, test_images[chosen], params.labels.decision), chosen):
                 cams[test.names[i]] = cam
                 gradcam.save_overlay(test_images[i], cam, tmp / test.names[i],
                                      f"{test.names[i]}  {names[0]} score {score[i]:.2f}")
@@ -84,7 +84,7 @@ def main() -> None:
     rated = [i for i, n in enumerate(test.names) if n in expert.index]
     metrics["expert_labels"] = expert_label_aurocs(
         {f: expert.loc[test.names[rated], f].to_numpy() for f in EXPERT_FINDINGS}, EXPERT_FINDINGS,
-        data.targets, test.y[rated], test_p[rated], weights[:, rated])
+        data.targets, test.y[rated], test_p[rated], weights[:, rated], params.labels.exclusive)
     write_json(stage_metrics("eval", variant), metrics)
     tracking.log_model_stage("evaluate", variant, file_sha256([model_path]), flat_metrics(metrics),
                              dataclasses.asdict(ep), artifacts=pictures, uri=uri)

@@ -27,7 +27,7 @@ def main() -> None:
 
     from cxr import bundle, export
     from cxr.data.dataset import load_dataset
-    from cxr.evaluate import choose_threshold, decision_score, flat_metrics, operating_point
+    from cxr.evaluate import choose_threshold, flat_metrics, operating_point
     from cxr.inference import load_model, predict
 
     model = load_model(model_file(variant))
@@ -38,12 +38,12 @@ def main() -> None:
     pick = np.sort(rng.choice(len(train), size=min(xp.representative_images, len(train)), replace=False))
     representative = data.pixels[train.rows[pick]][..., None]
     test_images, val_images = data.images("test"), data.images("val")
-    positive, negative = params.labels.decision
+    rule = params.labels.decision
 
     def decision(val_p: np.ndarray, test_p: np.ndarray) -> dict:
         """This format's threshold, chosen on val with its own outputs, and where it lands on test."""
-        t = choose_threshold(val.y.max(axis=1), decision_score(val_p), ep.threshold, ep.beta)
-        return {"threshold": t, "test_at_threshold": operating_point(test.y.max(axis=1), decision_score(test_p),
+        t = choose_threshold(rule.truth(val.y), rule.score(val_p), ep.threshold, ep.beta)
+        return {"threshold": t, "test_at_threshold": operating_point(rule.truth(test.y), rule.score(test_p),
                                                                       t, ep.beta)}
 
     reference = predict(model, test_images)
@@ -66,8 +66,9 @@ def main() -> None:
                                         "threshold": chosen["threshold"]}
             latency[fmt] = {"ms_per_image": round(runner.latency_ms(test_images[: xp.latency_images]), 3)}
         if xp.coreml:
-            description = f"cxr-pipeline {variant}: chest X-ray, {positive} or {negative}"
-            labels = [negative, positive] if params.labels.task == "binary" else None
+            description = f"cxr-pipeline {variant}: chest X-ray, {rule.positive} or {rule.negative}"
+            # A classifier where one class per image is the answer: the binary task's two sides, or the classes.
+            labels = {"binary": [rule.negative, rule.positive], "multiclass": list(data.targets)}.get(params.labels.task)
             path = export.export_coreml(model, tmp / bundle.COREML_FILE, data.targets, description, labels)
             report["coreml"] = {"size_mb": round(export.directory_size_mb(path), 3),
                                 "spec": export.coreml_spec_summary(path),
@@ -78,7 +79,7 @@ def main() -> None:
                   "images": {"train": len(train), "val": len(val), "test": len(test)},
                   "splits_sha256": file_sha256([SPLITS])}
         bundle.write_manifest(tmp, bundle.describe(variant, info["family"], params.labels.task, list(data.targets),
-                                                   info["size"], params.labels.decision, ep.threshold, ep.beta,
+                                                   info["size"], rule, ep.threshold, ep.beta,
                                                    formats, source))
     if "fp32" in report["tflite"]:
         base = report["tflite"]["fp32"]["size_mb"]

@@ -8,11 +8,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cxr import compute, tracking  # noqa: E402
 from cxr.errors import run_command  # noqa: E402
+from cxr.features import feature_key, load_features, wanted  # noqa: E402
 from cxr.models import check_weights  # noqa: E402
 from cxr.outputs import atomic_path, file_sha256, write_json  # noqa: E402
 from cxr.params import ModelParams, load_variant  # noqa: E402
 from cxr.paths import (CACHE, CACHE_IMAGES_FILE, CACHE_INDEX_FILE, DATA_STAGE_METRICS, LABELS, MODEL_INFO,  # noqa: E402
-                       SPLITS, model_dir, model_file, stage_metrics, timings, variant_reports)
+                       SPLITS, features_dir, model_dir, model_file, stage_metrics, timings, variant_reports)
 
 
 
@@ -41,15 +42,21 @@ def main() -> None:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()  # joins the cluster TF_CONFIG names
 
     dataset = load_dataset(CACHE, LABELS, SPLITS, params.labels.targets)
+    features = None
+    if wanted(model_params, params.train.feature_cache) is None:   # the frozen epochs fit the head on these
+        features = load_features(features_dir(variant), feature_key(
+            model_params, params.image.size, [f"{CACHE}/{CACHE_INDEX_FILE}", f"{CACHE}/{CACHE_IMAGES_FILE}"],
+            params.compute, params.train.seed))
     if worker is not None and not worker.chief:
         # Trains its shard in step with the others; the chief saves the model and logs the run.
         result = train.train_model(dataset, model_params, params.train, params.image.size, name=variant,
-                                   strategy=strategy)
+                                   strategy=strategy, decision=params.labels.decision, features=features)
         print(f"train@{variant}: worker {worker.index} of {worker.workers} done after {result.epochs_run} epochs "
               f"(weights sha256 {train.weights_sha256(result.model)}); the chief writes the model")
         return
     used = {"image": {"size": params.image.size},
-            "labels": {"task": params.labels.task, "target": params.labels.target},
+            "labels": {"task": params.labels.task, "target": params.labels.target,
+                       "classes": list(params.labels.classes)},
             "train": dataclasses.asdict(params.train), "model": dataclasses.asdict(model_params)}
     data_sha = file_sha256([SPLITS, LABELS, f"{CACHE}/{CACHE_INDEX_FILE}", f"{CACHE}/{CACHE_IMAGES_FILE}"])
     history_csv = stage_metrics("train", variant, "_history.csv")
@@ -60,7 +67,8 @@ def main() -> None:
     with tracking.training_run(variant, f"train@{variant}", used, data_sha, uri, data_metrics,
                                tags=train.devices()) as run:
         result = train.train_model(dataset, model_params, params.train, params.image.size, name=variant,
-                                   callbacks=[run.epoch_callback()], strategy=strategy)
+                                   callbacks=[run.epoch_callback()], strategy=strategy,
+                                   decision=params.labels.decision, features=features)
         train.save_model(result.model, model_file(variant))
         write_json(f"{model_dir(variant)}/{MODEL_INFO}", {"variant": variant, "family": model_params.family,
                                                "targets": list(dataset.targets), "size": params.image.size})
@@ -68,7 +76,8 @@ def main() -> None:
             tmp.write_text(train.history_rows_to_csv(result.history))
         plot_path = plot_history(result.history, f"{variant_reports(variant)}/history.png", title=f"{variant}: training")
         val = dataset.splits["val"]
-        decision = decision_auroc(val.y, result.val_predictions, val.patients, BOOTSTRAP_ROUNDS, params.train.seed)
+        decision = decision_auroc(params.labels.decision, val.y, result.val_predictions, val.patients,
+                                  BOOTSTRAP_ROUNDS, params.train.seed)
         summary = {"best_epoch": result.best["epoch"], "train_loss": result.best["loss"],
                    "train_auroc": result.best["auroc"], "val_loss": result.best["val_loss"],
                    "val_auroc": result.best["val_auroc"],

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from cxr.evaluate import (decision_score, bootstrap_auroc, calibration, choose_threshold, confusion,
+from cxr.data.labels import any_probability, decision_for
+from cxr.evaluate import (bootstrap_auroc, calibration, choose_threshold, confusion,
                           evaluate_predictions, fbeta, flat_metrics, is_collapsed, mean_auroc, mean_auroc_interval,
                           operating_point, per_class_auroc, prediction_spread, triage_curve, weighted_auroc)
 from cxr.gradcam import heat_in_box
@@ -72,10 +73,20 @@ def test_weighted_auroc_equals_scikit_learn_with_sample_weights():
     assert np.isnan(weighted_auroc(np.zeros(10), rng.random(10), np.ones((1, 10))))[0]
 
 
-def test_decision_score_is_noisy_or():
+def test_decision_score_is_noisy_or_of_sigmoids_and_the_sum_of_softmax_classes():
     p = np.array([[0.5, 0.5], [0.0, 0.0], [1.0, 0.2]])
-    np.testing.assert_allclose(decision_score(p), [0.75, 0.0, 1.0])
-    np.testing.assert_allclose(decision_score(np.array([[0.3], [0.8]])), [0.3, 0.8])
+    np.testing.assert_allclose(any_probability(p), [0.75, 0.0, 1.0])
+    np.testing.assert_allclose(any_probability(np.array([[0.3], [0.8]])), [0.3, 0.8])
+    softmax = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])   # No Finding, Infiltration, Effusion
+    abnormal = decision_for("multiclass", "abnormal", ["No Finding", "Infiltration", "Effusion"])
+    assert (abnormal.positive, abnormal.negative, abnormal.columns) == ("abnormal", "normal", (1, 2))
+    np.testing.assert_allclose(abnormal.score(softmax), [0.3, 0.9])   # 1 - P(No Finding)
+    one_hot = np.array([[1, 0, 0], [0, 0, 1]])
+    np.testing.assert_array_equal(abnormal.truth(one_hot), [0, 1])
+    effusion = decision_for("multiclass", "Effusion", ["No Finding", "Infiltration", "Effusion"])
+    assert effusion.negative == "no Effusion"
+    np.testing.assert_allclose(effusion.score(softmax), [0.1, 0.6])
+    np.testing.assert_array_equal(effusion.truth(one_hot), [0, 1])
 
 
 def test_confusion_fbeta_and_operating_point_by_hand():

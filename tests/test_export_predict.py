@@ -243,7 +243,8 @@ def test_manifest_describes_the_bundle_and_each_threshold_is_its_formats_own(tin
     validation split give (by evaluate.threshold), and every file hash is the file's."""
     import yaml
     from cxr.bundle import file_hashes
-    from cxr.evaluate import choose_threshold, decision_score
+    from cxr.data.labels import any_probability
+    from cxr.evaluate import choose_threshold
     from cxr.export import TFLiteModel
     from cxr.inference import load_model, predict
     from cxr.data.dataset import load_dataset
@@ -264,7 +265,7 @@ def test_manifest_describes_the_bundle_and_each_threshold_is_its_formats_own(tin
     for fmt in ("fp32", "fp16", "int8"):
         outputs[f"tflite_{fmt}"] = TFLiteModel(bundle / f"model_{fmt}.tflite").predict(data.images("val"))
     for fmt, p in outputs.items():
-        want = choose_threshold(val.y.max(axis=1), decision_score(p), params["evaluate"]["threshold"],
+        want = choose_threshold(val.y.max(axis=1), any_probability(p), params["evaluate"]["threshold"],
                                 params["evaluate"]["beta"])
         assert manifest["formats"][fmt]["threshold"] == pytest.approx(want, abs=1e-6), fmt
     evaluation = json.loads((root / "metrics" / "eval" / "cnn.json").read_text())
@@ -320,3 +321,49 @@ def test_a_binary_task_names_its_target_everywhere(tiny_project, tmp_path):
     result = json.loads(_predict(project, good, "--json", "--model", "models/cnn").stdout)
     assert result["decision"] == "Infiltration" and result["Infiltration"] == (
         result["Infiltration_score"] >= result["threshold"]) and "abnormal" not in result
+
+
+def test_a_multiclass_task_is_one_softmax_from_labels_to_core_ml(tiny_project, tmp_path):
+    """labels.task: multiclass over No Finding / Infiltration / Effusion, decision abnormal: relabel keeps
+    images of exactly one class, the models end in a softmax (the linear baseline a multinomial
+    regression), the decision is 1 - P(No Finding), Core ML is a classifier over the classes."""
+    import numpy as np
+    import pandas as pd
+    import yaml
+    from cxr.data.dataset import load_dataset
+    from cxr.export import coreml_spec_summary
+    from cxr.inference import load_model, predict
+    project = tmp_path / "multiclass"
+    shutil.copytree(tiny_project, project, symlinks=True)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    classes = ["No Finding", "Infiltration", "Effusion"]
+    params["labels"].update(task="multiclass", target="abnormal", classes=classes)
+    params["models"]["linear"] = {"family": "linear", "size": 8, "components": 20, "C": 0.01}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "train@linear", "evaluate@cnn", "export@cnn"], project)
+    relabel = json.loads((project / "metrics" / "labels.json").read_text())
+    labels = pd.read_csv(project / "data" / "labels.csv")
+    assert relabel["single_class"]["rows"] == len(labels) == relabel["rows"] == 246   # of the 557 bundled images
+    assert relabel["single_class"]["dropped_no_class"] > 0 and relabel["single_class"]["dropped_several_classes"] > 0
+    assert (labels[classes].sum(axis=1) == 1).all()
+    data = load_dataset(project / "data" / "cache", project / "data" / "labels.csv", project / "data" / "splits.csv",
+                        classes)
+    for variant in ("cnn", "linear"):
+        model = load_model(project / "models" / variant / "model.keras")
+        assert model.get_layer("probabilities").activation.__name__ == "softmax"
+        np.testing.assert_allclose(predict(model, data.images("val")).sum(axis=1), 1.0, atol=1e-5)
+        trained = json.loads((project / "metrics" / "train" / f"{variant}.json").read_text())
+        assert 0 <= trained["val_decision_auroc"] <= 1
+    evaluation = json.loads((project / "metrics" / "eval" / "cnn.json").read_text())
+    assert evaluation["decision"] == "abnormal" and set(evaluation["per_class"]) == set(classes)
+    test = data.splits["test"]
+    assert evaluation["abnormal"]["prevalence"] == pytest.approx(1 - test.y[:, 0].mean())
+    manifest = json.loads((project / "models" / "cnn" / "export" / "manifest.json").read_text())
+    assert manifest["task"] == "multiclass" and manifest["targets"] == classes
+    assert manifest["decision"]["score"] == "the sum of the class probabilities of Infiltration, Effusion"
+    spec = coreml_spec_summary(project / "models" / "cnn" / "export" / "model.mlpackage")
+    assert spec["outputs"] == ["classLabel", "probabilities"] and spec["class_labels"] == classes
+    good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
+    result = json.loads(_predict(project, good, "--json", "--model", "models/cnn").stdout)
+    assert result["decision"] == "abnormal" and set(result["findings"]) == set(classes)
+    assert result["abnormal_score"] == pytest.approx(1 - result["findings"]["No Finding"], abs=2e-6)

@@ -170,3 +170,25 @@ def test_a_backbone_may_stay_frozen_for_every_epoch_but_not_longer():
     assert _error(lambda r: r["models"]["resnet50"].update(epochs=3, freeze_epochs=4)) == (
         "params.yaml: models.resnet50.freeze_epochs: expected at most epochs (3; equal: the backbone stays "
         "frozen), got 4")
+
+
+def test_multiclass_classes_and_their_decision():
+    def parsed(**labels):
+        raw = copy.deepcopy(RAW)
+        raw["labels"].update(task="multiclass", **labels)
+        return parse_params(raw).labels
+    three = parsed(classes=["No Finding", "Infiltration", "Effusion"], target="abnormal")
+    assert three.targets == ("No Finding", "Infiltration", "Effusion") and three.exclusive
+    assert (three.decision.positive, three.decision.columns, three.decision.exclusive) == ("abnormal", (1, 2), True)
+    assert parsed(classes=["Effusion", "Mass"], target="Mass").decision.columns == (1,)
+    assert _error(lambda r: r["labels"].update(task="multiclass", classes=["Effusion", "Mass"])) == (
+        "params.yaml: labels.target: abnormal needs 'No Finding' among labels.classes ['Effusion', 'Mass'], "
+        "or name one of the classes")
+    assert _error(lambda r: r["labels"].update(task="multiclass", classes=["Effusion", "Mass"],
+                                               target="Hernia")) == (
+        "params.yaml: labels.target: expected 'abnormal' or one of labels.classes ['Effusion', 'Mass'], "
+        "got 'Hernia'")
+    assert _error(lambda r: r["labels"].update(classes=["Effusion", "Effusion"])).startswith(
+        "params.yaml: labels.classes: expected a list of at least 2 distinct classes from 'No Finding', ")
+    assert _error(lambda r: r["labels"].update(classes=["Effusion", "Pneumothorax", "Normal"])).endswith(
+        "got ['Effusion', 'Pneumothorax', 'Normal']")

@@ -10,7 +10,7 @@ from cxr.recipes import (SWEEP, SWEEP_VARIANT, RecipeError, apply_recipe, load_r
                          sweep_recipes)
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
-RECIPES = {"capstone", "chexnet", "ios_app", "mobilenet_study", "triage"}
+RECIPES = {"capstone", "chexnet", "ios_app", "mobilenet_study", "triage", "web_app"}
 
 
 def test_every_recipe_gives_valid_params_and_keeps_what_it_does_not_name():
@@ -26,7 +26,11 @@ def test_every_recipe_gives_valid_params_and_keeps_what_it_does_not_name():
     assert resnet.freeze_epochs == resnet.epochs and resnet.head.units == (512, 512)
     assert capstone.train.optimizer == "rmsprop" and capstone.train.batch_size == PARAMS["train"]["batch_size"]
     ios = parse_params(apply_recipe(PARAMS, load_recipe("ios_app", ROOT)))
-    assert ios.labels.decision == ("Infiltration", "no Infiltration") and ios.train.sampling == "undersample"
+    assert (ios.labels.decision.positive, ios.labels.decision.negative) == ("Infiltration", "no Infiltration")
+    assert ios.train.sampling == "undersample"
+    web = parse_params(apply_recipe(PARAMS, load_recipe("web_app", ROOT)))
+    assert web.labels.task == "multiclass" and len(web.labels.targets) == 3 and web.labels.decision.exclusive
+    assert list(web.models) == ["densenet169"]
 
 
 def test_overrides_remove_the_projects_variants_and_set_every_value_of_the_recipe():
@@ -93,10 +97,11 @@ def test_every_recipe_runs_end_to_end_as_a_dvc_experiment(project):
     assert set(experiments) == RECIPES
     for name, metrics in experiments.items():
         recipe = load_recipe(name, ROOT)
-        decision = parse_params(apply_recipe(PARAMS, recipe)).labels.decision[0]
-        for variant in recipe["models"]:   # trained, and evaluated with the recipe's decision
+        labels = parse_params(apply_recipe(PARAMS, recipe)).labels
+        for variant in recipe["models"]:   # trained, and evaluated with the recipe's targets and decision
             assert metrics[f"metrics/train/{variant}.json"]["epochs_run"] == 1
-            assert metrics[f"metrics/eval/{variant}.json"]["decision"] == decision
+            assert metrics[f"metrics/eval/{variant}.json"]["decision"] == labels.decision.positive
+            assert set(metrics[f"metrics/eval/{variant}.json"]["per_class"]) == set(labels.targets)
 
 
 def test_the_sweep_has_one_recipe_per_network_family_that_fits_the_image_size():

@@ -172,7 +172,7 @@ def test_a_backbone_frozen_for_every_epoch_trains_only_its_head_on_a_balanced_dr
 def test_undersampling_keeps_the_smaller_side_and_a_seeded_draw_of_the_larger(full_metadata):
     from cxr.data import FINDINGS
     from cxr.data.dataset import Subset
-    from cxr.data.labels import multi_hot
+    from cxr.data.labels import Decision, any_target, multi_hot
     from cxr.train import SamplingError, undersample
     rows = full_metadata.head(3000)
     y = multi_hot(rows["Finding Labels"])[list(FINDINGS)].to_numpy(np.float32)
@@ -180,16 +180,20 @@ def test_undersampling_keeps_the_smaller_side_and_a_seeded_draw_of_the_larger(fu
                     patients=rows["Patient ID"].to_numpy())
     positive = y.max(axis=1) > 0
     small = min(positive.sum(), (~positive).sum())
-    drawn = undersample(subset, seed=1)
+    drawn = undersample(subset, 1, any_target(len(FINDINGS)))
     assert len(drawn) == 2 * small and (drawn.y.max(axis=1) > 0).sum() == small
     assert set(subset.names[positive]) <= set(drawn.names)          # every positive (here the smaller side) kept
     assert list(drawn.rows) == sorted(drawn.rows)                    # original order
     np.testing.assert_array_equal(drawn.y, y[drawn.rows])            # rows, labels and patients stay together
     assert list(drawn.patients) == list(subset.patients[drawn.rows])
-    assert list(undersample(subset, seed=1).names) == list(drawn.names)
-    assert list(undersample(subset, seed=2).names) != list(drawn.names)
+    assert list(undersample(subset, 1, any_target(len(FINDINGS))).names) == list(drawn.names)
+    assert list(undersample(subset, 2, any_target(len(FINDINGS))).names) != list(drawn.names)
     with pytest.raises(SamplingError, match="^train.sampling: undersample: the train split has only negative images$"):
-        undersample(dataclasses.replace(subset, y=np.zeros_like(y)), 0)
+        undersample(dataclasses.replace(subset, y=np.zeros_like(y)), 0, any_target(len(FINDINGS)))
+    # The decision decides the sides: Effusion against the rest, not any finding.
+    effusion = undersample(subset, 1, Decision("Effusion", "no Effusion", (FINDINGS.index("Effusion"),)))
+    has = y[:, FINDINGS.index("Effusion")] > 0
+    assert len(effusion) == 2 * has.sum() and set(subset.names[has]) <= set(effusion.names)
 
 
 MIRRORED = """
@@ -304,3 +308,27 @@ def test_multi_worker_without_tf_config_is_one_line():
         cluster_worker({"TF_CONFIG": '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}'})
     two = '{"cluster": {"chief": ["c:1"], "worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}'
     assert cluster_worker({"TF_CONFIG": two}) == Worker(index=0, workers=3, chief=False)
+
+
+def test_frozen_epochs_on_stored_features_train_the_heads_weights_of_the_whole_model(small_dataset, tmp_path):
+    """The features stage's backbone is train's (same seed): its stored output equals the trained model's
+    backbone output; the head fitted on them scores val exactly as the whole model then does; unfreezing
+    trains the full network from the head the features trained."""
+    from cxr.features import backbone_model, compute_features
+    from cxr.train import build_network, set_determinism
+    model_params = dataclasses.replace(PARAMS.model("mobilenet"), epochs=1, freeze_epochs=1)
+    train_params = dataclasses.replace(PARAMS.train, batch_size=64)
+    set_determinism(train_params.seed)
+    made = compute_features(build_network(model_params, 32, 14, "mobilenet"), small_dataset.pixels,
+                            tmp_path / "features.npy")
+    features = np.load(tmp_path / "features.npy", mmap_mode="r")
+    assert made["images"] == len(small_dataset.pixels) and features.shape == (made["images"], made["dims"]) == (557, 1024)
+    frozen = train_model(small_dataset, model_params, train_params, 32, "mobilenet", verbose=0, features=features)
+    val = small_dataset.splits["val"]
+    images = np.asarray(small_dataset.images("val")[:], dtype=np.float32)
+    np.testing.assert_allclose(backbone_model(frozen.model)(images, training=False), features[val.rows], atol=1e-5)
+    np.testing.assert_allclose(predict(frozen.model, small_dataset.images("val")), frozen.val_predictions, atol=1e-6)
+    two = train_model(small_dataset, dataclasses.replace(model_params, epochs=2), train_params, 32, "mobilenet",
+                      verbose=0, features=features)
+    assert len(two.history) == 2
+    assert not np.allclose(backbone_model(two.model)(images, training=False), features[val.rows], atol=1e-3)

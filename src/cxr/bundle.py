@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxr.data.labels import Decision, decision_for
 from cxr.errors import CxrError, first_line
 from cxr.outputs import file_sha256
 
@@ -46,19 +47,18 @@ def preprocessing(size: int) -> dict:
                             "pixels stretched min..max to 0..255 (cxr.data.images); the model normalizes inside")}
 
 
-def describe(variant: str, family: str, task: str, targets: list[str], size: int, decision: tuple[str, str],
+def describe(variant: str, family: str, task: str, targets: list[str], size: int, decision: Decision,
              threshold_method: str | float, beta: float, formats: dict, source: dict) -> dict:
     """The manifest's content (``write_manifest`` adds the version and the files' sha256).
 
-    ``decision``: (positive, negative) names; ``formats``: format -> its file and
-    threshold; ``source``: where the model came from (data, split, commit).
+    ``formats``: format -> its file and threshold; ``source``: where the model
+    came from (data, split, commit). The decision is rebuilt from ``task``,
+    its positive name and ``targets`` (``Bundle.decision_rule``).
     """
-    positive, negative = decision
-    score = ("noisy-OR of the finding probabilities, 1 - prod(1 - p)" if len(targets) > 1
-             else f"the probability of {targets[0]}")
     return {"variant": variant, "family": family, "task": task, "targets": list(targets),
             "input": preprocessing(size),
-            "decision": {"positive": positive, "negative": negative, "score": score,
+            "decision": {"positive": decision.positive, "negative": decision.negative,
+                         "score": decision.describe(targets),
                          "rule": "positive when score >= threshold", "threshold_method": threshold_method,
                          "beta": beta, "threshold_source": "validation split, with each format's own outputs"},
             "formats": formats, "source": source}
@@ -85,6 +85,11 @@ class Bundle:
     @property
     def decision(self) -> dict:
         return self.manifest["decision"]
+
+    @property
+    def decision_rule(self) -> Decision:
+        """How to compute the decision from the model's outputs."""
+        return decision_for(self.manifest["task"], self.decision["positive"], self.targets)
 
     def format_of(self, filename: str) -> str:
         """The format key (``keras``, ``tflite_int8``, ...) whose file is ``filename``."""

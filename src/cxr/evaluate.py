@@ -5,6 +5,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from cxr.data.labels import Decision, any_probability, any_target
+
 
 def per_class_auroc(y: np.ndarray, p: np.ndarray, names: Sequence[str],
                     min_positives: int = 1) -> dict[str, float | None]:
@@ -46,10 +48,13 @@ def is_collapsed(p: np.ndarray) -> bool:
     return prediction_spread(p) < COLLAPSE_SPREAD
 
 
-def binary_crossentropy(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
-    """Mean unweighted binary cross-entropy over all images and classes."""
+def crossentropy(y: np.ndarray, p: np.ndarray, exclusive: bool = False, eps: float = 1e-7) -> float:
+    """Mean unweighted cross-entropy: binary over all images and classes, or for one
+    softmax over classes (``exclusive``) categorical over the images."""
     p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
     y = np.asarray(y, dtype=np.float64)
+    if exclusive:
+        return float(-np.mean(np.sum(y * np.log(p), axis=1)))
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
@@ -154,11 +159,12 @@ def subgroup_aurocs(truth: np.ndarray, score: np.ndarray, groups: Mapping[str, n
 
 
 def expert_label_aurocs(expert: Mapping[str, np.ndarray], covers: Mapping[str, Sequence[str]],
-                        targets: Sequence[str], y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> dict:
+                        targets: Sequence[str], y: np.ndarray, p: np.ndarray, weights: np.ndarray,
+                        exclusive: bool = False) -> dict:
     """AUROC of the model against expert labels and, on the same images, against the NLP labels.
 
     ``expert``: finding -> 0/1 per image (only images that have expert labels); ``covers``:
-    finding -> the model targets its score combines (noisy-OR, as the decision score);
+    finding -> the model targets its score combines (as the decision score: ``any_probability``);
     ``y``/``p``/``weights``: NLP targets, probabilities and bootstrap weights of the same images.
     A finding whose targets the model lacks is reported with its counts and a status.
     """
@@ -174,7 +180,7 @@ def expert_label_aurocs(expert: Mapping[str, np.ndarray], covers: Mapping[str, S
                                f"the model has no output for {' / '.join(covers[finding])}")
             out[finding] = entry
             continue
-        nlp, score = y[:, cols].max(axis=1), decision_score(p[:, cols])
+        nlp, score = y[:, cols].max(axis=1), any_probability(p[:, cols], exclusive)
         entry.update({"model_outputs": [targets[c] for c in cols], "nlp_positives": int(nlp.sum()),
                       "nlp_agreement": float((nlp == truth).mean()),
                       "expert": auroc_with_interval(truth, score, weights),
@@ -183,11 +189,11 @@ def expert_label_aurocs(expert: Mapping[str, np.ndarray], covers: Mapping[str, S
     return out
 
 
-def decision_auroc(y: np.ndarray, p: np.ndarray, patients: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS,
-                   seed: int = 0) -> dict:
-    """``{'auroc', 'auroc_ci95'}`` of the decision score (abnormal, or the binary target)
-    against its truth (any target positive), the interval from a patient-level bootstrap."""
-    return auroc_with_interval(np.asarray(y).max(axis=1), decision_score(p), bootstrap_weights(patients, rounds, seed))
+def decision_auroc(decision: Decision, y: np.ndarray, p: np.ndarray, patients: np.ndarray,
+                   rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> dict:
+    """``{'auroc', 'auroc_ci95'}`` of the decision's score against its truth, the interval
+    from a patient-level bootstrap."""
+    return auroc_with_interval(decision.truth(y), decision.score(p), bootstrap_weights(patients, rounds, seed))
 
 
 def mean_auroc_interval(y: np.ndarray, p: np.ndarray, patients: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS,
@@ -199,16 +205,6 @@ def mean_auroc_interval(y: np.ndarray, p: np.ndarray, patients: np.ndarray, roun
         return None
     y, p = np.asarray(y)[:, counted], np.asarray(p)[:, counted]
     return interval(bootstrap_aurocs(y, p, bootstrap_weights(patients, rounds, seed)).mean(axis=1))
-
-
-def decision_score(probabilities: np.ndarray) -> np.ndarray:
-    """The score thresholded for the yes/no decision: a binary task's output itself, or
-    for 14 finding outputs the probability of any finding, as the noisy-OR
-    ``1 - prod(1 - p_i)`` (findings taken as independent)."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    if p.ndim == 1 or p.shape[1] == 1:
-        return p.reshape(-1)
-    return 1.0 - np.prod(1.0 - p, axis=1)
 
 
 def fbeta(tp: int, fp: int, fn: int, beta: float) -> float:
@@ -309,13 +305,14 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> tuple[float, li
 def evaluate_predictions(targets: Sequence[str], test_y: np.ndarray, test_p: np.ndarray,
                          test_patients: np.ndarray, val_y: np.ndarray, val_p: np.ndarray, *,
                          threshold: str | float, beta: float, min_positives: int, bootstrap: int,
-                         seed: int, decision: str = "abnormal") -> dict:
+                         seed: int, decision: Decision | None = None) -> dict:
     """Everything ``metrics/eval/<variant>.json`` reports, plus the curves to plot.
 
-    The decision (``abnormal``: any of the targets; for a binary task, its
-    target) is reported under its own name; its threshold is chosen on
-    ``val_*`` only, test data never influences it.
+    The decision (e.g. ``abnormal``: any finding; for a binary task, its
+    target) is reported under its positive name; its threshold is chosen on
+    ``val_*`` only, test data never influences it. Default: any target positive.
     """
+    decision = decision or any_target(np.asarray(test_y).shape[1])
     targets = list(targets)
     aurocs = per_class_auroc(test_y, test_p, targets, min_positives=1)
     weights = bootstrap_weights(test_patients, bootstrap, seed)
@@ -332,8 +329,8 @@ def evaluate_predictions(targets: Sequence[str], test_y: np.ndarray, test_p: np.
         if enough:
             counted.append(j)
 
-    truth, score = test_y.max(axis=1), decision_score(test_p)
-    val_truth, val_score = val_y.max(axis=1), decision_score(val_p)
+    truth, score = decision.truth(test_y), decision.score(test_p)
+    val_truth, val_score = decision.truth(val_y), decision.score(val_p)
     t = choose_threshold(val_truth, val_score, threshold, beta)
     ece, reliability = calibration(truth, score)
     metrics = {
@@ -341,8 +338,8 @@ def evaluate_predictions(targets: Sequence[str], test_y: np.ndarray, test_p: np.
         "mean_auroc_ci95": interval(rounds[:, counted].mean(axis=1)) if counted else None,
         "mean_auroc_classes": len(counted),
         "per_class": per_class,
-        "decision": decision,
-        decision: {
+        "decision": decision.positive,
+        decision.positive: {
             **auroc_with_interval(truth, score, weights),
             "pr_auc": pr_auc(truth, score), "prevalence": float(truth.mean()),
             "threshold_method": threshold if isinstance(threshold, str) else "fixed",

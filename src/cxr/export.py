@@ -152,24 +152,24 @@ def export_coreml(model, path: str | os.PathLike, targets: Sequence[str], descri
     ``image`` (0..255, scale 1: the model rescales inside).
 
     Multi-label: output ``probabilities``, one sigmoid per target, the target
-    names in the metadata. Binary (``class_labels``: negative, positive): a
-    Core ML classifier, outputs ``classLabel`` and ``probabilities`` (label ->
-    probability), so Vision and Xcode show the labels; ``classLabel`` is the
-    likelier class (0.5), the bundle's threshold applies to the positive probability.
+    names in the metadata. With ``class_labels`` a Core ML classifier, outputs
+    ``classLabel`` and ``probabilities`` (label -> probability), so Vision and
+    Xcode show the labels: one label per softmax output (multiclass), or for a
+    one-output model (binary) its negative and positive side. ``classLabel`` is
+    the likeliest class; the bundle's threshold applies to the decision's score.
     """
     import coremltools as ct
     import tensorflow as tf
 
     size = int(model.inputs[0].shape[1])
-    if class_labels is None:
+    if class_labels is None or len(class_labels) == model.outputs[0].shape[-1]:
         serve = tf.function(lambda image: model(image, training=False))
-        classifier = None
     else:
         def serve_two(image):
             p = model(image, training=False)
             return tf.concat([1.0 - p, p], axis=1)
         serve = tf.function(serve_two)
-        classifier = ct.ClassifierConfig(list(class_labels))
+    classifier = None if class_labels is None else ct.ClassifierConfig(list(class_labels))
     # Convert the serving function, not a SavedModel directory (which fails with
     # "Only a single concrete function is supported").
     concrete = serve.get_concrete_function(tf.TensorSpec([1, size, size, 1], tf.float32, name="image"))
@@ -190,7 +190,7 @@ def export_coreml(model, path: str | os.PathLike, targets: Sequence[str], descri
         mlmodel.output_description["probabilities"] = "Sigmoid probability per class: " + ", ".join(targets)
     else:
         mlmodel.output_description["probabilities"] = "Probability of each class: " + ", ".join(class_labels)
-        mlmodel.output_description["classLabel"] = "The likelier class (at probability 0.5)"
+        mlmodel.output_description["classLabel"] = "The likeliest class"
         mlmodel.user_defined_metadata["class_labels"] = json.dumps(list(class_labels))
     mlmodel.user_defined_metadata["classes"] = json.dumps(list(targets))
     mlmodel.user_defined_metadata["input_scale"] = "1.0"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.data.labels import Decision
 from cxr.errors import CxrError
 from cxr.outputs import atomic_path
 
@@ -53,12 +54,18 @@ def _feature_forward(model):
     return forward
 
 
-def _noisy_or(probabilities):
+def _decision_score(probabilities, decision: Decision | None):
+    """The decision's score in TensorFlow, as ``Decision.score`` computes it: the noisy-OR of
+    sigmoid outputs (all of them when no decision is given), the sum of softmax classes."""
     import tensorflow as tf
+    if decision is not None:
+        probabilities = tf.gather(probabilities, list(decision.columns), axis=1)
+        if decision.exclusive:
+            return tf.reduce_sum(probabilities, axis=1)
     return 1.0 - tf.reduce_prod(1.0 - probabilities, axis=1)
 
 
-def _grad_cam_heat(model, x):
+def _grad_cam_heat(model, x, decision):
     """Grad-CAM on the last convolutional features, as (n, h, w, 1)."""
     import tensorflow as tf
 
@@ -66,12 +73,12 @@ def _grad_cam_heat(model, x):
     with tf.GradientTape() as tape:
         features, probabilities = forward(x)
         tape.watch(features)
-        score = _noisy_or(probabilities)
+        score = _decision_score(probabilities, decision)
     weights = tf.reduce_mean(tape.gradient(score, features), axis=(1, 2), keepdims=True)
     return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
 
 
-def _linear_heat(model, x):
+def _linear_heat(model, x, decision):
     """Gradient x input on the ``linear`` family's standardized thumbnail, as (n, t, t, 1):
     each cell's product is its exact share of a target's logit (first order for the noisy-OR)."""
     import tensorflow as tf
@@ -83,12 +90,12 @@ def _linear_heat(model, x):
         probabilities = z
         for layer in model.layers[names.index("standardize") + 1:]:
             probabilities = layer(probabilities)
-        score = _noisy_or(probabilities)
+        score = _decision_score(probabilities, decision)
     side = model.get_layer("downsample").output.shape[1]
     return tf.reshape(tf.nn.relu(tape.gradient(score, z) * z), (-1, side, side, 1))
 
 
-def grad_cam(model, images: np.ndarray) -> np.ndarray:
+def grad_cam(model, images: np.ndarray, decision: Decision | None = None) -> np.ndarray:
     """Heatmaps in [0, 1], shape ``(n, size, size)``, for the decision score (noisy-OR
     of the outputs; the output itself for a one-target model): Grad-CAM, or for
     the ``linear`` family, which has no learned feature maps, gradient x input."""
@@ -96,7 +103,7 @@ def grad_cam(model, images: np.ndarray) -> np.ndarray:
 
     x = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
     linear = "standardize" in [layer.name for layer in model.layers]
-    cam = (_linear_heat if linear else _grad_cam_heat)(model, x)
+    cam = (_linear_heat if linear else _grad_cam_heat)(model, x, decision)
     size = images.shape[1]
     cam = tf.image.resize(cam, (size, size), method="bilinear")[..., 0].numpy()
     peak = cam.max(axis=(1, 2), keepdims=True)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import yaml
 
-from cxr.data.metadata import FINDINGS
+from cxr.data.metadata import FINDINGS, NO_FINDING
 
 # compute.max_cpu_isa -> oneDNN's ONEDNN_MAX_CPU_ISA; 'native' lets oneDNN pick the CPU's newest.
 CPU_ISAS = {"native": "ALL", "avx2": "AVX2", "avx": "AVX", "sse41": "SSE41"}
@@ -105,6 +105,13 @@ def _target(v):
     return v
 
 
+def _classes(v):
+    options = (NO_FINDING,) + FINDINGS
+    if not isinstance(v, list) or len(v) < 2 or len(set(v)) != len(v) or any(x not in options for x in v):
+        raise _Invalid("a list of at least 2 distinct classes from " + ", ".join(repr(o) for o in options))
+    return tuple(v)
+
+
 def _bool(v):
     if not isinstance(v, bool):
         raise _Invalid("true or false")
@@ -174,20 +181,26 @@ class DataParams:
 
 @dataclass(frozen=True)
 class LabelsParams:
-    task: str = _check(_choice("multilabel", "binary"))
+    task: str = _check(_choice("multilabel", "binary", "multiclass"))
     target: str = _check(_target)
+    classes: tuple = _check(_classes)
     views: tuple = _check(_views)
 
     @property
     def targets(self) -> tuple[str, ...]:
         """The label columns a model predicts, in output order."""
-        return FINDINGS if self.task == "multilabel" else (self.target,)
+        return {"multilabel": FINDINGS, "binary": (self.target,), "multiclass": self.classes}[self.task]
 
     @property
-    def decision(self) -> tuple[str, str]:
-        """``(positive, negative)`` names of the thresholded decision, e.g. ``('Infiltration', 'no Infiltration')``."""
-        from cxr.data.labels import decision_names
-        return decision_names(self.task, self.target)
+    def exclusive(self) -> bool:
+        """One class per image (a softmax), not independent yes/no outputs (sigmoids)."""
+        return self.task == "multiclass"
+
+    @property
+    def decision(self):
+        """The thresholded yes/no decision (``cxr.data.labels.Decision``), e.g. Infiltration / no Infiltration."""
+        from cxr.data.labels import decision_for
+        return decision_for(self.task, self.target, self.targets)
 
 
 @dataclass(frozen=True)
@@ -240,6 +253,7 @@ class TrainParams:
     distribute: str = _check(_choice("none", "mirrored", "multi_worker"))
     steps_per_epoch: int | None = _check(_steps)   # batches per epoch; null: one pass over the train split
     mixed_precision: str = _check(_choice("none", "mixed_float16", "mixed_bfloat16"))  # Keras dtype policy
+    feature_cache: bool = _check(_bool)   # frozen epochs fit the head on stored backbone features (cxr.features)
     augment: AugmentParams = _nested(AugmentParams)
 
 
@@ -415,6 +429,7 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
             parsed[name] = _parse_models(raw[name], file)
         else:
             parsed[name] = _parse_section(sections[name], raw[name], name, file)
+    _check_classes(parsed["labels"], file)
     size = parsed["image"].size
     for variant, m in parsed["models"].items():
         if isinstance(m, LinearParams) and size % m.size:
@@ -424,6 +439,20 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
             raise ParamsError(f"{file}: models.{variant}.family: {m.family} needs image.size >= {least}, "
                               f"got {size}")
     return Params(**parsed)
+
+
+def _check_classes(labels: LabelsParams, file: str) -> None:
+    """A multiclass decision needs its side among the classes: the target class, or for
+    ``abnormal`` No Finding and at least one finding."""
+    if labels.task != "multiclass":
+        return
+    if labels.target == "abnormal":
+        if NO_FINDING not in labels.classes:
+            raise ParamsError(f"{file}: labels.target: abnormal needs {NO_FINDING!r} among labels.classes "
+                              f"{list(labels.classes)}, or name one of the classes")
+    elif labels.target not in labels.classes:
+        raise ParamsError(f"{file}: labels.target: expected 'abnormal' or one of labels.classes "
+                          f"{list(labels.classes)}, got {labels.target!r}")
 
 
 def _parse_models(raw: Any, file: str) -> dict[str, VariantParams]:

@@ -18,6 +18,7 @@ LABELS = "data/labels.csv"
 SPLITS = "data/splits.csv"
 CACHE = "data/cache"                               # resized uint8 images (memory-mapped)
 CACHE_IMAGES_FILE, CACHE_INDEX_FILE = "images.npy", "index.csv"
+FEATURES = "data/features"                         # a frozen backbone's output per cache row: data/features/<variant>/
 
 DATA_STAGE_METRICS = ("labels", "split", "resize")   # metrics/<stage>.json of the data stages
 
@@ -30,6 +31,10 @@ REPORTS = "reports"
 DATA_REPORTS = f"{REPORTS}/data"                   # pictures of the data (split stage)
 RECIPES = "recipes"                                # earlier projects' setups as params overrides (cxr recipe)
 SEED_STUDY = f"{REPORTS}/seeds.json"               # every variant over several split seeds: bench/seeds.py
+
+
+def features_dir(variant: str) -> str:
+    return f"{FEATURES}/{variant}"
 
 
 def model_dir(variant: str) -> str:

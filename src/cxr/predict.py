@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.data.images import ImageReadError, read_image, resize_image
+from cxr.data.labels import Decision
 from cxr.errors import CxrError
 from cxr.bundle import COREML_FILE, MANIFEST_FILE, BundleError, read_bundle
 from cxr.paths import METRICS, MODELS, export_dir
@@ -48,6 +49,7 @@ class Predictor:
     size: int
     decision: str             # the positive class of the yes/no decision: abnormal, or a binary task's target
     threshold: float          # the bundle's threshold for this format, chosen on validation
+    rule: Decision            # how the decision's score comes from the outputs
     run: object               # images (n, s, s, 1) 0..255 -> probabilities
     keras_model: object = None
 
@@ -57,9 +59,8 @@ class Predictor:
 
     def predict_resized(self, small: np.ndarray) -> dict:
         """Findings for an image already ``size`` x ``size``."""
-        from cxr.evaluate import decision_score
         p = np.asarray(self.run(small[None, ..., None].astype(np.float32)))[0]
-        score = float(decision_score(p[None])[0])
+        score = float(self.rule.score(p[None])[0])
         return {"model": self.name,
                 "findings": {t: round(float(v), 6) for t, v in zip(self.targets, p)},
                 # Named after the decision (abnormal_score / abnormal, Infiltration_score / Infiltration).
@@ -94,7 +95,7 @@ def load_predictor(model: str | os.PathLike | None = None, root: str | os.PathLi
     except BundleError as e:
         raise PredictError(str(e)) from None
     common = dict(variant=bundle.variant, targets=bundle.targets, size=bundle.size,
-                  decision=bundle.decision["positive"], threshold=bundle.threshold(fmt))
+                  decision=bundle.decision["positive"], threshold=bundle.threshold(fmt), rule=bundle.decision_rule)
     if fmt == "keras":
         import_tensorflow_quietly()
         from cxr.inference import compiled, load_model
@@ -132,5 +133,5 @@ def heatmap(predictor: Predictor, path: Path, out_dir: Path) -> Path:
     if predictor.keras_model is None:
         raise PredictError("--heatmap needs the Keras model (gradients); pass --model models/<variant>")
     image = resize_image(read_image(path), predictor.size)[None, ..., None].astype(np.float32)
-    cam = grad_cam(predictor.keras_model, image)[0]
+    cam = grad_cam(predictor.keras_model, image, predictor.rule)[0]
     return save_overlay(image[0], cam, out_dir / f"{path.stem}_heatmap.png", f"{path.name} ({predictor.name})")

@@ -19,8 +19,10 @@ import tensorflow as tf  # noqa: E402
 
 from cxr.augment import augment_stream  # noqa: E402
 from cxr.data.dataset import Dataset, Subset  # noqa: E402
+from cxr.data.labels import Decision, any_target  # noqa: E402
 from cxr.errors import CxrError  # noqa: E402
-from cxr.evaluate import binary_crossentropy, mean_auroc  # noqa: E402
+from cxr.evaluate import crossentropy, mean_auroc  # noqa: E402
+from cxr.features import head_model  # noqa: E402
 from cxr.models import MODELS, build_model  # noqa: E402
 from cxr.outputs import atomic_path  # noqa: E402
 from cxr.params import AugmentParams, LinearParams, ModelParams, TrainParams, VariantParams  # noqa: E402
@@ -78,15 +80,22 @@ def balanced_class_weights(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return w_pos.astype(np.float32), w_neg.astype(np.float32)
 
 
+def balanced_class_weights_exclusive(y: np.ndarray) -> np.ndarray:
+    """Per-class weights for one-hot classes, each class counting equally: n / (classes * n_c)
+    (scikit-learn's 'balanced'); a class absent from train keeps 1."""
+    counts = np.asarray(y, dtype=np.float64).sum(axis=0)
+    return np.where(counts > 0, len(y) / (len(counts) * np.maximum(counts, 1)), 1.0).astype(np.float32)
+
+
 class SamplingError(CxrError):
     """A train split that the sampling asked for cannot be drawn from."""
 
 
-def undersample(subset: Subset, seed: int) -> Subset:
-    """The subset with as many decision negatives as positives (the decision: any target
-    positive): every image of the smaller side and a seeded random draw of the larger, in
-    their original order. Whole images are dropped, so it is balanced once for all epochs."""
-    positive = subset.y.max(axis=1) > 0
+def undersample(subset: Subset, seed: int, decision: Decision) -> Subset:
+    """The subset with as many decision negatives as positives: every image of the smaller
+    side and a seeded random draw of the larger, in their original order. Whole images are
+    dropped, so it is balanced once for all epochs."""
+    positive = decision.truth(subset.y) > 0
     small, large = sorted((np.flatnonzero(positive), np.flatnonzero(~positive)), key=len)
     if not len(small):
         side = "positive" if positive.any() else "negative"
@@ -120,12 +129,40 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
                 "negative_weights": self.negative_weights}
 
 
+@keras.saving.register_keras_serializable(package="cxr")
+class WeightedCategoricalCrossentropy(keras.losses.Loss):
+    """Categorical cross-entropy (one softmax over classes) with a weight per class."""
+
+    def __init__(self, class_weights, name="weighted_cce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.class_weights = [float(w) for w in class_weights]
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        p = ops.clip(y_pred, keras.config.epsilon(), 1.0)
+        w = ops.convert_to_tensor(self.class_weights, dtype=p.dtype)
+        return -ops.sum(w * ops.cast(y_true, p.dtype) * ops.log(p), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "class_weights": self.class_weights}
+
+
+def training_loss(y: np.ndarray, weighting: str, exclusive: bool) -> keras.losses.Loss:
+    """Cross-entropy for the outputs (binary per sigmoid, categorical for one softmax),
+    per-class weighted from the train targets ``y`` when ``weighting`` is 'balanced'."""
+    if weighting == "balanced":
+        return (WeightedCategoricalCrossentropy(balanced_class_weights_exclusive(y)) if exclusive
+                else WeightedBinaryCrossentropy(*balanced_class_weights(y)))
+    return keras.losses.CategoricalCrossentropy() if exclusive else keras.losses.BinaryCrossentropy()
+
+
 # --- input pipeline ---
 
 def make_dataset(pixels: np.ndarray, subset: Subset, batch_size: int, shuffle: bool = False,
                  seed: int = 0, augment: AugmentParams | None = None, repeat: bool = False,
                  shard: tuple[int, int] = (1, 0)) -> tf.data.Dataset:
-    """Batches of ``(images float32 (b, s, s, 1) in 0..255, targets)`` from the cache.
+    """Batches of ``(images float32 (b, s, s, 1) in 0..255, targets)`` from the cache
+    (or of ``(features (b, d), targets)`` from a feature cache: ``pixels`` of shape (N, d)).
 
     Indices are shuffled and batched first; each batch is then one read of its
     rows from the cache (no per-image decode or file open). ``repeat``: an
@@ -134,14 +171,17 @@ def make_dataset(pixels: np.ndarray, subset: Subset, batch_size: int, shuffle: b
     ``augment``: each batch moved by random affine transforms drawn from ``seed``.
     """
     rows, y = subset.rows, subset.y.astype(np.float32)
-    size = pixels.shape[1]
+    images = len(pixels.shape) == 3
+    shape = (None, *pixels.shape[1:], 1) if images else (None, *pixels.shape[1:])
+    dtype = tf.uint8 if images else tf.float32
 
     def gather(idx):
-        return np.asarray(pixels[rows[idx]])[..., None], y[idx]
+        got = np.asarray(pixels[rows[idx]])
+        return got[..., None] if images else got, y[idx]
 
     def load(idx):
-        images, targets = tf.numpy_function(gather, [idx], (tf.uint8, tf.float32), stateful=False)
-        images.set_shape((None, size, size, 1))
+        images, targets = tf.numpy_function(gather, [idx], (dtype, tf.float32), stateful=False)
+        images.set_shape(shape)
         targets.set_shape((None, y.shape[1]))
         return tf.cast(images, tf.float32), targets
 
@@ -290,19 +330,25 @@ class ValidationScores(keras.callbacks.Callback):
 
     It must come before EarlyStopping / ReduceLROnPlateau in the callback
     list: they read ``val_auroc`` from the same ``logs``. It also keeps the
-    best epoch's weights across both training phases.
+    best epoch's weights of ``kept`` (the whole model, also while a phase fits
+    only its head on bottleneck features: ``feed``) across both training phases.
     """
 
     def __init__(self, data: tf.data.Dataset, y: np.ndarray, batch_norm_images: np.ndarray | None = None,
-                 predict=None):
+                 predict=None, exclusive: bool = False):
         super().__init__()
-        self.data, self.y = data, y
+        self.data, self.y, self.exclusive = data, y, exclusive
         self.predict = predict or (lambda model, data: model.predict(data, verbose=0))
         self.batch_norm_images = batch_norm_images  # recalibrate BatchNorm on these before scoring
         self.rows: list[dict] = []
         self.best: dict | None = None
         self.best_weights = None
         self.best_predictions: np.ndarray | None = None
+        self.kept: keras.Model | None = None
+
+    def feed(self, data: tf.data.Dataset, kept: keras.Model, batch_norm_images: np.ndarray | None) -> None:
+        """What the next phase is scored on, and the model whose weights are kept."""
+        self.data, self.kept, self.batch_norm_images = data, kept, batch_norm_images
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -310,7 +356,7 @@ class ValidationScores(keras.callbacks.Callback):
             recalibrate_batch_norm(self.model, self.batch_norm_images)
         p = self.predict(self.model, self.data)
         auroc = mean_auroc(self.y, p)
-        logs["val_loss"] = binary_crossentropy(self.y, p)
+        logs["val_loss"] = crossentropy(self.y, p, self.exclusive)
         logs["val_auroc"] = auroc if auroc is not None else float("nan")
         lr = self.model.optimizer.learning_rate
         row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "auroc": float(logs.get("auroc", float("nan"))),
@@ -319,7 +365,7 @@ class ValidationScores(keras.callbacks.Callback):
         self.rows.append(row)
         if self.best is None or (auroc is not None and not row["val_auroc"] <= self.best["val_auroc"]):
             self.best = row
-            self.best_weights = self.model.get_weights()
+            self.best_weights = (self.kept or self.model).get_weights()
             self.best_predictions = p
 
 
@@ -349,21 +395,23 @@ class TrainResult:
     train_images: int            # those trained on (after train.sampling)
 
 
-def fit_linear_model(dataset: Dataset, params: LinearParams, size: int, name: str = "linear") -> TrainResult:
+def fit_linear_model(dataset: Dataset, params: LinearParams, size: int, name: str = "linear",
+                     exclusive: bool = False) -> TrainResult:
     """Fit a ``linear`` variant on the train split in one pass (cxr.models.linear);
-    its history is that one 'epoch', scored like a trained model's."""
+    its history is that one 'epoch', scored like a trained model's. ``exclusive``:
+    one multinomial regression over the classes (softmax), else one per target."""
     from cxr.models.linear import fit_linear, thumbnails
 
     started = time.perf_counter()
     train, val = dataset.splits["train"], dataset.splits["val"]
     model = build_model(params.family, size, len(dataset.targets), name=name,
-                        thumbnail=params.size, components=params.components)
+                        thumbnail=params.size, components=params.components, activation=_activation(exclusive))
     fit_linear(model, thumbnails(dataset.pixels, train.rows, params.size), train.y, params.C)
     seconds = time.perf_counter() - started
 
     def scores(subset):
         p = model.predict(make_dataset(dataset.pixels, subset, 256), verbose=0)
-        return p, binary_crossentropy(subset.y, p), mean_auroc(subset.y, p)
+        return p, crossentropy(subset.y, p, exclusive), mean_auroc(subset.y, p)
 
     _, train_loss, train_auroc = scores(train)
     val_p, val_loss, val_auroc = scores(val)
@@ -376,26 +424,33 @@ def fit_linear_model(dataset: Dataset, params: LinearParams, size: int, name: st
 
 def train_model(dataset: Dataset, model_params: VariantParams, train_params: TrainParams, size: int,
                 name: str = "model", callbacks: Sequence[keras.callbacks.Callback] = (),
-                strategy: tf.distribute.Strategy | None = None, verbose: int = 2) -> TrainResult:
+                strategy: tf.distribute.Strategy | None = None, verbose: int = 2,
+                decision: Decision | None = None, features: np.ndarray | None = None) -> TrainResult:
     """Build and fit one model on ``dataset``'s train split, scored on val each epoch.
 
     Two phases for backbone families: ``freeze_epochs`` with the backbone
     frozen at ``learning_rate``, then ``finetune_layers`` of it unfrozen at
     ``finetune_learning_rate`` (none if ``freeze_epochs`` equals ``epochs``).
-    The best epoch by val AUROC is kept. ``train.sampling: undersample``
-    trains on a balanced draw of the train split (``undersample``). A
-    ``linear`` variant is fitted instead (``fit_linear_model``).
+    The best epoch by val AUROC is kept. ``decision``: the task's yes/no call
+    (default: any target positive); its ``exclusive`` makes the outputs one
+    softmax. ``train.sampling: undersample`` trains on a draw of the train
+    split balanced on the decision (``undersample``). A ``linear`` variant is
+    fitted instead (``fit_linear_model``). ``features``: the frozen backbone's
+    output for every cache row (``cxr.features``): the frozen epochs then fit
+    only the head on them (not under a distribution strategy).
     """
+    decision = decision or any_target(len(dataset.targets))
     if train_params.sampling == "undersample":
-        balanced = undersample(dataset.splits["train"], train_params.seed)
+        balanced = undersample(dataset.splits["train"], train_params.seed, decision)
         dataset = dataclasses.replace(dataset, splits={**dataset.splits, "train": balanced})
     if isinstance(model_params, LinearParams):
-        return fit_linear_model(dataset, model_params, size, name)
+        return fit_linear_model(dataset, model_params, size, name, decision.exclusive)
     policy = train_params.mixed_precision
     if policy != "none":
         keras.mixed_precision.set_global_policy(policy)
     try:
-        result = _train_network(dataset, model_params, train_params, size, name, callbacks, strategy, verbose)
+        result = _train_network(dataset, model_params, train_params, size, name, callbacks, strategy, verbose,
+                                decision.exclusive, None if strategy is not None else features)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     if policy == "none" and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -403,7 +458,7 @@ def train_model(dataset: Dataset, model_params: VariantParams, train_params: Tra
     # The kept model (saved, evaluated, exported) is a plain float32 copy: mixed precision speeds up
     # training only (its variables are float32 already), and a multi-worker model's variables run
     # collectives with the other workers, which may have exited, whenever it predicts.
-    model = build_network(model_params, size, len(dataset.targets), name)
+    model = build_network(model_params, size, len(dataset.targets), name, decision.exclusive)
     model.set_weights(result.model.get_weights())
     return dataclasses.replace(result, model=model)
 
@@ -416,28 +471,29 @@ def weights_sha256(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def build_network(mp: ModelParams, size: int, outputs: int, name: str) -> keras.Model:
-    """The registry's model for a network variant's params."""
+def _activation(exclusive: bool) -> str:
+    return "softmax" if exclusive else "sigmoid"
+
+
+def build_network(mp: ModelParams, size: int, outputs: int, name: str, exclusive: bool = False) -> keras.Model:
+    """The registry's model for a network variant's params (``exclusive``: a softmax over the outputs)."""
     return build_model(mp.family, size, outputs, name=name, dropout=mp.head.dropout, head_units=mp.head.units,
-                       weights=mp.weights)
+                       weights=mp.weights, activation=_activation(exclusive))
 
 
 def _train_network(dataset: Dataset, mp: ModelParams, tp: TrainParams, size: int, name: str,
                    callbacks: Sequence[keras.callbacks.Callback], strategy: tf.distribute.Strategy | None,
-                   verbose: int) -> TrainResult:
+                   verbose: int, exclusive: bool, features: np.ndarray | None) -> TrainResult:
     set_determinism(tp.seed)
     strategy = strategy or tf.distribute.get_strategy()
     train, val = dataset.splits["train"], dataset.splits["val"]
     targets = len(dataset.targets)
     with strategy.scope():
-        model = build_network(mp, size, targets, name)
+        model = build_network(mp, size, targets, name, exclusive)
         if keras.mixed_precision.global_policy().name != "float32":
             # The sigmoid and the loss stay float32 (Keras's mixed-precision advice).
             model.get_layer("probabilities").dtype_policy = keras.DTypePolicy("float32")
-    if tp.class_weighting == "balanced":
-        loss = WeightedBinaryCrossentropy(*balanced_class_weights(train.y))
-    else:
-        loss = keras.losses.BinaryCrossentropy()
+    loss = training_loss(train.y, tp.class_weighting, exclusive)
     steps = tp.steps_per_epoch
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     predict = _predict_each_batch if multi_worker else None
@@ -459,7 +515,8 @@ def _train_network(dataset: Dataset, mp: ModelParams, tp: TrainParams, size: int
     if backbone and mp.weights is None:  # pretrained backbones keep their ImageNet statistics
         pick = np.sort(np.random.default_rng(tp.seed).permutation(len(train))[:BN_RECALIBRATION_IMAGES])
         batch_norm_images = dataset.pixels[train.rows[pick]][..., None]
-    scores = ValidationScores(make_dataset(dataset.pixels, val, tp.batch_size * 4), val.y, batch_norm_images, predict)
+    val_ds = make_dataset(dataset.pixels, val, tp.batch_size * 4)
+    scores = ValidationScores(val_ds, val.y, batch_norm_images, predict, exclusive)
     stop = keras.callbacks.EarlyStopping("val_auroc", mode="max", patience=tp.early_stopping_patience)
     reduce = keras.callbacks.ReduceLROnPlateau("val_auroc", mode="max", factor=0.5,
                                                patience=tp.reduce_lr_patience, min_lr=1e-6)
@@ -477,14 +534,22 @@ def _train_network(dataset: Dataset, mp: ModelParams, tp: TrainParams, size: int
     for trainable, lr, until in phases:
         if backbone:
             _set_backbone_trainable(model, trainable)
-        with strategy.scope():
-            model.compile(optimizer=_optimizer(tp.optimizer, lr), loss=loss,
-                          metrics=[keras.metrics.AUC(multi_label=True, num_labels=targets, name="auroc")])
-        if multi_worker:
-            fit_across_workers(model, strategy, train_ds, epoch, until, steps, tp.batch_size, all_callbacks)
+        fitted, data = model, train_ds
+        if trainable is None and features is not None:
+            # The backbone frozen: fit its head on the stored features (cxr.features), no backbone pass.
+            fitted = head_model(model, features.shape[1])
+            data = make_dataset(features, train, tp.batch_size, shuffle=True, seed=tp.seed, repeat=steps is not None)
+            scores.feed(make_dataset(features, val, tp.batch_size * 4), model, None)
         else:
-            model.fit(train_ds, initial_epoch=epoch, epochs=until, steps_per_epoch=steps, callbacks=all_callbacks,
-                      shuffle=False, verbose=verbose)  # tf.data already shuffles
+            scores.feed(val_ds, model, batch_norm_images)
+        with strategy.scope():
+            fitted.compile(optimizer=_optimizer(tp.optimizer, lr), loss=loss,
+                           metrics=[keras.metrics.AUC(multi_label=True, num_labels=targets, name="auroc")])
+        if multi_worker:
+            fit_across_workers(fitted, strategy, data, epoch, until, steps, tp.batch_size, all_callbacks)
+        else:
+            fitted.fit(data, initial_epoch=epoch, epochs=until, steps_per_epoch=steps, callbacks=all_callbacks,
+                       shuffle=False, verbose=verbose)  # tf.data already shuffles
         epoch = len(scores.rows)  # EarlyStopping may end a phase early; the next starts from here
     seconds = time.perf_counter() - started
     model.set_weights(scores.best_weights)

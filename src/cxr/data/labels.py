@@ -1,8 +1,11 @@
-"""Targets from metadata: 14 multi-hot findings, ``No Finding`` and ``abnormal``."""
+"""Targets from metadata: 14 multi-hot findings, ``No Finding`` and ``abnormal``; the
+yes/no decision a model's outputs make."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from cxr.data.metadata import FINDINGS, NO_FINDING, MetadataError
@@ -23,6 +26,74 @@ def decision_names(task: str, target: str) -> tuple[str, str]:
 def negative_name(positive: str) -> str:
     """The decision's other side: ``normal`` for ``abnormal``, else ``no <finding>``."""
     return NORMAL if positive == ABNORMAL else f"no {positive}"
+
+
+def any_probability(probabilities: np.ndarray, exclusive: bool = False) -> np.ndarray:
+    """The probability that any of the columns is positive: one column itself; for
+    sigmoid outputs the noisy-OR ``1 - prod(1 - p_i)`` (taken as independent); for
+    classes of one softmax (``exclusive``) their sum."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim == 1 or p.shape[1] == 1:
+        return p.reshape(-1)
+    if exclusive:
+        return np.minimum(p.sum(axis=1), 1.0)
+    return 1.0 - np.prod(1.0 - p, axis=1)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The yes/no call made from a model's outputs: ``positive`` when any output in
+    ``columns`` is (its truth from the targets, its score from the probabilities)."""
+    positive: str
+    negative: str
+    columns: tuple[int, ...]
+    exclusive: bool = False   # the outputs are one softmax over classes
+
+    def truth(self, y: np.ndarray) -> np.ndarray:
+        return np.asarray(y)[:, list(self.columns)].max(axis=1)
+
+    def score(self, p: np.ndarray) -> np.ndarray:
+        return any_probability(np.asarray(p)[:, list(self.columns)], self.exclusive)
+
+    def describe(self, targets: Sequence[str]) -> str:
+        """How the score is computed, in words (for the model bundle)."""
+        names = [targets[c] for c in self.columns]
+        if len(names) == 1:
+            return f"the probability of {names[0]}"
+        if self.exclusive:
+            return "the sum of the class probabilities of " + ", ".join(names)
+        return "noisy-OR of the finding probabilities, 1 - prod(1 - p)"
+
+
+def any_target(targets: int) -> Decision:
+    """The decision of independent outputs when none is named: ``abnormal``, any target positive."""
+    return Decision(ABNORMAL, NORMAL, tuple(range(targets)))
+
+
+def decision_for(task: str, target: str, targets: Sequence[str]) -> Decision:
+    """The decision of a task whose model outputs ``targets``: ``abnormal`` (any finding:
+    every output of a multi-label model; for classes, every class but No Finding), or
+    the target itself (binary: the one output; multiclass: that class)."""
+    positive, negative = decision_names(task, target)
+    targets = list(targets)
+    if task == "multiclass":
+        columns = [i for i, t in enumerate(targets) if t != NO_FINDING] if positive == ABNORMAL \
+            else [targets.index(positive)]
+    else:
+        columns = list(range(len(targets)))
+    return Decision(positive, negative, tuple(columns), exclusive=task == "multiclass")
+
+
+def single_class(table: pd.DataFrame, classes: Sequence[str]) -> tuple[pd.DataFrame, dict]:
+    """The rows that belong to exactly one of ``classes`` (label columns; ``No Finding``
+    is a class like any other), for a single-label task, and how many were dropped."""
+    belongs = table[list(classes)].sum(axis=1)
+    kept = table[belongs == 1].reset_index(drop=True)
+    if kept.empty:
+        raise MetadataError(f"labels.classes {list(classes)}: none of the {len(table)} images belongs to "
+                            "exactly one of them")
+    return kept, {"classes": list(classes), "dropped_no_class": int((belongs == 0).sum()),
+                  "dropped_several_classes": int((belongs > 1).sum()), "rows": int(len(kept))}
 
 
 def multi_hot(finding_labels: pd.Series) -> pd.DataFrame:

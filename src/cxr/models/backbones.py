@@ -29,9 +29,10 @@ def _preprocess(mode: str, x):
 
 def build_backbone_classifier(application: Callable[..., keras.Model], preprocess: str, size: int,
                               outputs: int, dropout: float = 0.2, head_units: Sequence[int] = (),
-                              weights: str | None = None, name: str = "model") -> keras.Model:
+                              weights: str | None = None, name: str = "model",
+                              activation: str = "sigmoid") -> keras.Model:
     """``application`` (e.g. ``keras.applications.ResNet50``) without its top, plus GAP and the
-    head (by default dropout alone) with sigmoid outputs.
+    head (by default dropout alone) with sigmoid (or softmax) outputs.
 
     ``weights``: None (random init), ``'imagenet'`` or a local backbone
     ``.weights.h5`` file. With pretrained weights the backbone runs in
@@ -44,5 +45,5 @@ def build_backbone_classifier(application: Callable[..., keras.Model], preproces
     backbone = application(include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg")
     backbone.name = "backbone"
     x = backbone(x, training=False) if weights is not None else backbone(x)
-    out = classification_head(x, outputs, head_units, dropout)
+    out = classification_head(x, outputs, head_units, dropout, activation)
     return keras.Model(inputs, out, name=name)

@@ -10,9 +10,9 @@ from cxr.models.head import classification_head
 
 
 def build_cnn(size: int, outputs: int, dropout: float = 0.5, head_units: Sequence[int] = (128,),
-              weights: str | None = None, name: str = "cnn") -> keras.Model:
+              weights: str | None = None, name: str = "cnn", activation: str = "sigmoid") -> keras.Model:
     """Two conv + max-pool blocks with ReLU, flattened, then the head (by default dense 128,
-    dropout) and sigmoid outputs.
+    dropout) and sigmoid (or softmax) outputs.
 
     ``weights`` may be a local ``.weights.h5`` file of this same architecture.
     """
@@ -22,7 +22,7 @@ def build_cnn(size: int, outputs: int, dropout: float = 0.5, head_units: Sequenc
         x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     x = layers.Flatten(name="flatten")(x)
-    out = classification_head(x, outputs, head_units, dropout)
+    out = classification_head(x, outputs, head_units, dropout, activation)
     model = keras.Model(inputs, out, name=name)
     if weights is not None:
         model.load_weights(weights)

@@ -8,7 +8,8 @@ other variant:
                                 -> Flatten
                                 -> Normalization     "standardize"  (train mean / variance per pixel)
                                 -> Dense             "pca"          (whitened principal components)
-                                -> Dense, sigmoid    "probabilities" (one logistic regression per target)
+                                -> Dense, sigmoid    "probabilities" (one logistic regression per target;
+                                                                     softmax: one multinomial regression)
 
 Bit-reproducible: the thumbnails are exact (block means of integers), the
 logistic fits run Newton's method to convergence (a unique optimum, reached
@@ -29,7 +30,8 @@ class LinearFitError(CxrError):
     """A linear model that cannot be fitted as configured."""
 
 
-def build_linear(size: int, outputs: int, thumbnail: int, components: int, name: str = "linear"):
+def build_linear(size: int, outputs: int, thumbnail: int, components: int, name: str = "linear",
+                 activation: str = "sigmoid"):
     """The architecture, with untrained (identity / zero) weights; ``fit_linear`` fills them."""
     import keras
     from keras import layers
@@ -41,7 +43,7 @@ def build_linear(size: int, outputs: int, thumbnail: int, components: int, name:
     x = layers.Flatten(name="flatten")(x)
     x = layers.Normalization(axis=-1, name="standardize")(x)
     x = layers.Dense(components, name="pca")(x)
-    out = layers.Dense(outputs, activation="sigmoid", name="probabilities")(x)
+    out = layers.Dense(outputs, activation=activation, name="probabilities")(x)
     return keras.Model(inputs, out, name=name)
 
 
@@ -81,6 +83,19 @@ def _logistic(features: np.ndarray, y: np.ndarray, C: float) -> tuple[np.ndarray
     return fit.coef_[0], float(fit.intercept_[0])
 
 
+def _multinomial(features: np.ndarray, y: np.ndarray, C: float, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Weights ``(features, classes)`` and biases of one L2 multinomial logistic regression
+    over one-hot ``y`` (its softmax is the model's output)."""
+    from sklearn.linear_model import LogisticRegression
+
+    present = y.sum(axis=0) > 0
+    if not present.all():
+        raise LinearFitError(f"{name}: class {int(np.flatnonzero(~present)[0])} has no train image; "
+                             "a multinomial regression needs every class")
+    fit = LogisticRegression(C=C, solver="newton-cholesky", tol=1e-12, max_iter=100).fit(features, y.argmax(axis=1))
+    return fit.coef_.T, fit.intercept_
+
+
 def fit_linear(model, features: np.ndarray, y: np.ndarray, C: float) -> None:
     """Fit standardization, whitened PCA and one logistic regression per target on
     ``features`` (``thumbnails`` of the train split) and write them into ``model``."""
@@ -100,9 +115,12 @@ def fit_linear(model, features: np.ndarray, y: np.ndarray, C: float) -> None:
     kernel = round_significant(pca.components_.T / np.sqrt(pca.explained_variance_))
     bias = round_significant(-pca.mean_ @ kernel)
     scores = z @ kernel + bias  # the fit sees the rounded projection the model computes
-    fits = [_logistic(scores, y[:, t], C) for t in range(y.shape[1])]
-    weights = round_significant(np.stack([w for w, _ in fits], axis=1))
-    intercepts = round_significant(np.array([b for _, b in fits]))
+    if model.get_layer("probabilities").activation.__name__ == "softmax":
+        weights, intercepts = _multinomial(scores, y, C, model.name)
+    else:
+        fits = [_logistic(scores, y[:, t], C) for t in range(y.shape[1])]
+        weights, intercepts = np.stack([w for w, _ in fits], axis=1), np.array([b for _, b in fits])
+    weights, intercepts = round_significant(weights), round_significant(intercepts)
 
     f32 = np.float32
     standardize = model.get_layer("standardize")

@@ -23,22 +23,24 @@ class ModelSpec:
 
 
 def _application(class_name: str, preprocess: str) -> Callable:
-    def build(size, outputs, *, name, dropout, head_units=(), weights=None):
+    def build(size, outputs, *, name, dropout, head_units=(), weights=None, activation="sigmoid"):
         import keras
         from cxr.models.backbones import build_backbone_classifier
         return build_backbone_classifier(getattr(keras.applications, class_name), preprocess, size, outputs,
-                                         dropout=dropout, head_units=head_units, weights=weights, name=name)
+                                         dropout=dropout, head_units=head_units, weights=weights, name=name,
+                                         activation=activation)
     return build
 
 
-def _cnn(size, outputs, *, name, dropout, head_units=(128,), weights=None):
+def _cnn(size, outputs, *, name, dropout, head_units=(128,), weights=None, activation="sigmoid"):
     from cxr.models.cnn import build_cnn
-    return build_cnn(size, outputs, dropout=dropout, head_units=head_units, weights=weights, name=name)
+    return build_cnn(size, outputs, dropout=dropout, head_units=head_units, weights=weights, name=name,
+                     activation=activation)
 
 
-def _linear(size, outputs, *, thumbnail, components, name):
+def _linear(size, outputs, *, thumbnail, components, name, activation="sigmoid"):
     from cxr.models.linear import build_linear
-    return build_linear(size, outputs, thumbnail, components, name=name)
+    return build_linear(size, outputs, thumbnail, components, name=name, activation=activation)
 
 
 # Adding a keras.applications family is one line: its class name and its
@@ -100,7 +102,8 @@ def build_model(family: str, size: int, outputs: int, name: str | None = None, *
 
     ``options`` are the family's own: ``dropout``, ``head_units`` (dense layer widths
     before the outputs) and ``weights`` for networks,
-    ``thumbnail`` and ``components`` for ``linear``.
+    ``thumbnail`` and ``components`` for ``linear``; every family takes
+    ``activation``: ``sigmoid`` (default) or ``softmax`` (one class per image).
     """
     if family not in MODELS:
         raise ModelError(f"unknown model family {family!r}; expected one of {', '.join(MODELS)}")
