@@ -45,8 +45,9 @@ tests/browser/node_modules/.installed: tests/browser/package.json tests/browser/
 	cd tests/browser && npm ci --no-audit --no-fund --silent
 	touch $@
 
+# Two test processes (pytest-xdist), each taking whole files: a file's tests keep their order.
 test: install browser-deps
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # The unit tier only (library functions on real inputs; no stages, training runs or servers).
 test-fast: install
