@@ -45,6 +45,19 @@ def test_bad_images_are_excluded_with_reasons(images, tmp_path):
     assert len(index) == 24 and "zero.png" not in set(index["Image Index"])
 
 
+def test_corrupt_pngs_are_excluded_with_one_line_and_no_decoder_noise(images, tmp_path, capfd):
+    """The workers decode with OpenCV, whose libpng writes to stderr: silenced, Pillow words the reason."""
+    data = sorted(images.iterdir())[0].read_bytes()
+    (images / "truncated.png").write_bytes(data[: len(data) // 2])
+    (images / "flipped.png").write_bytes(data[:60] + bytes([data[60] ^ 0xFF]) + data[61:])
+    for workers in (1, 2):
+        report = build_cache(sorted(images.iterdir()), 32, workers, tmp_path / f"cache{workers}",
+                             max_bad_fraction=0.1, progress=False)
+        assert set(report["excluded_images"]) == {"truncated.png", "flipped.png"}
+        assert all(reason.startswith("corrupt PNG data") for reason in report["excluded_images"].values())
+    assert capfd.readouterr().err == ""
+
+
 def test_too_many_bad_images_fail_and_keep_previous_cache(images, tmp_path):
     good = sorted(images.iterdir())
     build_cache(good, 32, 1, tmp_path / "cache", progress=False)

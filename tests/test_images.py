@@ -105,13 +105,15 @@ def _pillow_pixels(data: bytes) -> np.ndarray:
         return np.asarray(img)
 
 
-def test_libspng_reads_every_bundled_xray_exactly_as_pillow(sample_images):
-    from cxr.data.images import _read_png_gray8
+def test_libspng_and_opencv_read_every_bundled_xray_exactly_as_pillow(sample_images):
+    """predict and serve decode with libspng, the resize workers with OpenCV: the same pixels."""
+    from cxr.data.images import _read_png_gray8, decode_png_opencv
     for path in sample_images:
         data = path.read_bytes()
         fast = _read_png_gray8(data)
         assert fast is not None, path.name
         np.testing.assert_array_equal(fast, _pillow_pixels(data))
+        np.testing.assert_array_equal(_read_png_gray8(data, decode_png_opencv), fast)
 
 
 @pytest.mark.parametrize("variant", ["16-bit", "rgb", "exif"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.data.images import ImageReadError, read_image, resize_image
+from cxr.data.images import ImageReadError, quiet_stderr, read_image, resize_image
 from cxr.data.labels import Decision
 from cxr.errors import CxrError
 from cxr.bundle import COREML_FILE, MANIFEST_FILE, BundleError, read_bundle
@@ -29,15 +29,9 @@ def import_tensorflow_quietly() -> None:
     if "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
+    with quiet_stderr():
         import tensorflow  # noqa: F401
         import keras  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from cxr.errors import CxrError, first_line
 
+import contextlib
 import io
 import math
 import os
@@ -98,8 +99,40 @@ def _read_pillow(stream) -> np.ndarray:
             return np.array(img, dtype=np.uint8)
 
 
-def _read_png_gray8(data: bytes) -> np.ndarray | None:
-    """An 8-bit grayscale PNG (what NIH ships) decoded by libspng, faster than Pillow and
+def decode_png_libspng(data: bytes) -> np.ndarray | None:
+    """libspng's decode; ``None`` when it fails."""
+    try:
+        return pyspng.load(data)
+    except RuntimeError:
+        return None
+
+
+def decode_png_opencv(data: bytes) -> np.ndarray | None:
+    """libpng's decode through OpenCV: 6.6 ms against libspng's 8.0 ms for a 1024 px NIH PNG
+    here, pixel-identical; ``None`` when it fails. libpng prints its own lines on stderr for a
+    corrupt file, so it is for processes whose stderr is silenced (``quiet_stderr``), not for
+    ``cxr predict`` or ``serve``."""
+    import cv2
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """File descriptor 2 pointed at /dev/null meanwhile (C libraries write there directly).
+    For single-threaded worker processes: it silences the whole process."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _read_png_gray8(data: bytes, decode: Callable[[bytes], np.ndarray | None] = decode_png_libspng
+                    ) -> np.ndarray | None:
+    """An 8-bit grayscale PNG (what NIH ships) decoded by ``decode``, faster than Pillow and
     pixel-identical; ``None`` for anything else, which Pillow reads (and words any error).
 
     The size is checked from the IHDR chunk before decoding; files that may carry an
@@ -110,11 +143,8 @@ def _read_png_gray8(data: bytes) -> np.ndarray | None:
     width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
     if (depth, colour) != (8, 0) or not 0 < width * height <= MAX_PIXELS:
         return None
-    try:
-        pixels = pyspng.load(data)
-    except RuntimeError:                 # corrupt or truncated: Pillow says how
-        return None
-    return pixels if pixels.dtype == np.uint8 and pixels.shape == (height, width) else None
+    pixels = decode(data)                # None when corrupt or truncated: Pillow says how
+    return pixels if pixels is not None and pixels.dtype == np.uint8 and pixels.shape == (height, width) else None
 
 
 def _header_number(ds, keyword: str, default: float, whole: bool = False) -> float:
@@ -203,8 +233,10 @@ def _read_dicom(data: bytes) -> np.ndarray:
     return a
 
 
-def read_image(source: str | os.PathLike | bytes) -> np.ndarray:
-    """Decode a PNG, JPEG or DICOM (path or bytes) to a 2-D uint8 grayscale array."""
+def read_image(source: str | os.PathLike | bytes,
+               png_decoder: Callable[[bytes], np.ndarray | None] = decode_png_libspng) -> np.ndarray:
+    """Decode a PNG, JPEG or DICOM (path or bytes) to a 2-D uint8 grayscale array;
+    ``png_decoder`` decodes 8-bit grayscale PNGs (the others go to Pillow)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     else:
@@ -222,7 +254,7 @@ def read_image(source: str | os.PathLike | bytes) -> np.ndarray:
         raise ImageReadError(f"data is {len(data) >> 20} MB, over the {MAX_FILE_BYTES >> 20} MB limit")
     if data[128:132] == _DICOM_MAGIC:
         return _read_dicom(data)
-    fast = _read_png_gray8(data)
+    fast = _read_png_gray8(data, png_decoder)
     return fast if fast is not None else _read_pillow(io.BytesIO(data))
 
 
