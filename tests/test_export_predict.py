@@ -100,6 +100,12 @@ def test_coreml_export_of_one_model_is_byte_identical_across_processes(tiny_proj
     assert [p.wait() for p in procs] == [0, 0]
     first, second = (file_hashes(tmp_path / f"{seed}.mlpackage") for seed in (1, 2))
     assert first == second and len(first) == 3
+    # Nor by the day: coremltools stamps the conversion date, which the export removes (a fresh clone
+    # re-exported after midnight UTC changed two bundles and dvc.lock before).
+    import coremltools as ct
+    from cxr.export import CONVERSION_DATE_KEY
+    metadata = ct.models.MLModel(str(tmp_path / "1.mlpackage"), skip_model_load=True).get_spec().description.metadata
+    assert CONVERSION_DATE_KEY not in metadata.userDefined and "classes" in metadata.userDefined
 
 
 def _predict(project, *args):

@@ -202,11 +202,15 @@ def export_coreml(model, path: str | os.PathLike, targets: Sequence[str], descri
     return path
 
 
+CONVERSION_DATE_KEY = "com.github.apple.coremltools.conversion_date"
+
+
 def _make_package_deterministic(package: Path) -> None:
-    """Same model, same bytes: coremltools writes the metadata map in hash order
-    and names the package's items by random UUIDs, so a re-export (a fresh clone's
-    ``dvc repro``) would change the bundle and ``dvc.lock``. Re-serialize the spec
-    with sorted maps and derive each item's identifier from its path."""
+    """Same model, same bytes: coremltools writes the metadata map in hash order,
+    stamps the conversion date into it and names the package's items by random
+    UUIDs, so a re-export (a fresh clone's ``dvc repro``, or the same one after
+    midnight) would change the bundle and ``dvc.lock``. Re-serialize the spec
+    without the date, with sorted maps, and derive each item's identifier from its path."""
     from coremltools.proto import Model_pb2
 
     manifest_file = package / "Manifest.json"
@@ -220,6 +224,9 @@ def _make_package_deterministic(package: Path) -> None:
     spec_file = package / "Data" / root["path"]
     spec = Model_pb2.Model()
     spec.ParseFromString(spec_file.read_bytes())
+    metadata = spec.description.metadata.userDefined
+    if CONVERSION_DATE_KEY in metadata:
+        del metadata[CONVERSION_DATE_KEY]
     spec_file.write_bytes(spec.SerializeToString(deterministic=True))
 
 
