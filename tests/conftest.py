@@ -62,6 +62,30 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None, 
     return proc
 
 
+def run_queued_experiments(project: Path, jobs: int = 1, env: dict | None = None) -> None:
+    """`dvc exp run --run-all -j N` (what `dvc queue start -j N` does, in the foreground), then the queue's
+    workers are stopped.
+
+    Its output goes to a file, not a pipe: the process that launches each queue worker inherits DVC's
+    stdout and lives as long as the worker, so a pipe stays open until every worker has exited, ~10 s
+    after the last experiment, or never when a worker does not exit (treeverse/dvc#10398, seen here
+    once, after both experiments had succeeded). The experiments are done when DVC returns.
+    """
+    import json
+    import signal
+    log = project / ".dvc" / "tmp" / "run-all.log"
+    with open(log, "w") as out:
+        proc = subprocess.run(["dvc", "exp", "run", "--run-all", "-j", str(jobs)], cwd=project,
+                              env={**project_env(project), **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+    for info in (project / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json"):
+        try:   # a worker runs in its launcher's process group: end both
+            os.killpg(os.getpgid(json.loads(info.read_text())["pid"]), signal.SIGTERM)
+        except ProcessLookupError:
+            pass   # it had shut down by itself
+    if proc.returncode != 0:
+        raise AssertionError(f"dvc exp run --run-all failed ({proc.returncode}):\n{log.read_text()}")
+
+
 def make_project(dest: Path) -> Path:
     """A fresh copy of the project (code, params, bundled data) in its own git repo."""
     for rel in PROJECT_FILES:
@@ -127,15 +151,37 @@ def small_dataset(small_data_dir):
     return load_dataset(root / "cache", root / "labels.csv", root / "splits.csv", FINDINGS)
 
 
-@pytest.fixture(scope="session")
-def tiny_project(tmp_path_factory) -> Path:
-    """The whole pipeline run once, small (32 px, 1 epoch, 2 variants), committed in git.
+def _session_dir(tmp_path_factory) -> Path:
+    """A folder of this test session that every pytest-xdist worker sees (each has its own basetemp in it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
-    Tests that change it run last in their module (see test_pipeline.py).
-    """
-    project = make_project(tmp_path_factory.mktemp("tiny") / "project")
+
+def _build_tiny(project: Path) -> None:
+    make_project(project)
     edit_params(project, tiny_params)
     run(["dvc", "repro"], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline"], project)
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> Path:
+    """The whole pipeline run once, small (32 px, 1 epoch, 2 variants), committed in git.
+
+    Built once per session however many test processes there are (the first to ask builds it under a
+    lock; ~100 s here); each process gets its own copy. Tests that change it run last in their module
+    (see test_pipeline.py).
+    """
+    import fcntl
+    shared = _session_dir(tmp_path_factory)
+    built = shared / "tiny-built" / "project"
+    with open(shared / "tiny-built.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (built.parent / "done").exists():
+            shutil.rmtree(built.parent, ignore_errors=True)   # a build that failed in another process
+            _build_tiny(built)
+            (built.parent / "done").touch()
+    project = tmp_path_factory.mktemp("tiny") / "project"
+    shutil.copytree(built, project, symlinks=True)
     return project

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, run, run_queued_experiments
 from cxr.tracking import tracking_uri
 
 
@@ -32,8 +32,9 @@ def test_temporary_and_queued_dvc_experiments_log_to_the_repository_store(tmp_pa
     (repo / "params.yaml").write_text("x: 1\n")
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"],
                 ["dvc", "exp", "run", "--temp", "-S", "x=2", "-n", "elsewhere"],
-                ["dvc", "exp", "run", "--queue", "-S", "x=3", "-n", "queued"], ["dvc", "exp", "run", "--run-all"]):
+                ["dvc", "exp", "run", "--queue", "-S", "x=3", "-n", "queued"]):
         run(cmd, repo, env=env)
+    run_queued_experiments(repo, env=env)
     for name in ("elsewhere", "queued"):
         shown = subprocess.run(["git", "show", "refs/exps/" + _exp_ref(repo, env, name) + ":where.txt"], cwd=repo,
                                env=env, capture_output=True, text=True, check=True).stdout.splitlines()
