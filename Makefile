@@ -45,9 +45,10 @@ tests/browser/node_modules/.installed: tests/browser/package.json tests/browser/
 	cd tests/browser && npm ci --no-audit --no-fund --silent
 	touch $@
 
-# Two test processes (pytest-xdist), each taking whole files: a file's tests keep their order.
+# Two test processes (pytest-xdist), each taking whole files (a module's fixtures are built once), in
+# the order conftest.py gives them.
 test: install browser-deps
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # The unit tier only (library functions on real inputs; no stages, training runs or servers).
 test-fast: install

@@ -31,12 +31,18 @@ def sample_images() -> list[Path]:
 
 
 # A test using one of these runs stages, trains, or serves: the `pipeline` tier.
-PIPELINE_FIXTURES = {"project", "tiny_project", "small_data_dir", "small_dataset", "predictor", "client", "server",
+PIPELINE_FIXTURES = {"project", "tiny_project", "tiny_copy", "small_data_dir", "small_dataset", "predictor", "client", "server",
                      "held_stages"}
+
+
+# Long files that need no tiny project run first (make test passes --no-loadscope-reorder): one test
+# process starts on them while the other builds the tiny project, so neither waits for the build.
+FIRST = ("test_recipes.py", "test_tracking.py", "test_train.py")
 
 
 def pytest_collection_modifyitems(items):
     """Tiers by what a test needs (`make test-fast` runs `-m unit`); a tier marked by hand stays."""
+    items.sort(key=lambda item: FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST))
     for item in items:
         if any(item.get_closest_marker(tier) for tier in ("unit", "pipeline", "browser")):
             continue
@@ -167,11 +173,10 @@ def _build_tiny(project: Path) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> Path:
-    """The whole pipeline run once, small (32 px, 1 epoch, 2 variants), committed in git.
+    """The whole pipeline run once, small (32 px, 1 epoch, 2 variants), committed in git; read only.
 
     Built once per session however many test processes there are (the first to ask builds it under a
-    lock; ~100 s here); each process gets its own copy. Tests that change it run last in their module
-    (see test_pipeline.py).
+    lock; ~100 s here); each process gets its own copy. A test that changes it takes `tiny_copy`.
     """
     import fcntl
     shared = _session_dir(tmp_path_factory)
@@ -184,4 +189,12 @@ def tiny_project(tmp_path_factory) -> Path:
             (built.parent / "done").touch()
     project = tmp_path_factory.mktemp("tiny") / "project"
     shutil.copytree(built, project, symlinks=True)
+    return project
+
+
+@pytest.fixture
+def tiny_copy(tiny_project, tmp_path) -> Path:
+    """A copy of the tiny project of the test's own, to change: tests stay independent of their order."""
+    project = tmp_path / "tiny"
+    shutil.copytree(tiny_project, project, symlinks=True)
     return project

@@ -294,14 +294,13 @@ def test_predict_unknown_model_is_one_line(tiny_project):
     assert proc.stderr.strip() == "cxr predict: models/nope: no such model file"
 
 
-def test_a_binary_task_names_its_target_everywhere(tiny_project, tmp_path):
+def test_a_binary_task_names_its_target_everywhere(tiny_copy):
     """labels.task: binary, target Infiltration: metrics, plots, bundle, Core ML classifier, predict."""
     import pandas as pd
     import yaml
     from cxr.export import coreml_spec_summary
     from cxr.report import summary_markdown
-    project = tmp_path / "binary"
-    shutil.copytree(tiny_project, project, symlinks=True)
+    project = tiny_copy
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["labels"].update(task="binary", target="Infiltration")
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -329,7 +328,7 @@ def test_a_binary_task_names_its_target_everywhere(tiny_project, tmp_path):
         result["Infiltration_score"] >= result["threshold"]) and "abnormal" not in result
 
 
-def test_a_multiclass_task_is_one_softmax_from_labels_to_core_ml(tiny_project, tmp_path):
+def test_a_multiclass_task_is_one_softmax_from_labels_to_core_ml(tiny_copy):
     """labels.task: multiclass over No Finding / Infiltration / Effusion, decision abnormal: relabel keeps
     images of exactly one class, the models end in a softmax (the linear baseline a multinomial
     regression), the decision is 1 - P(No Finding), Core ML is a classifier over the classes."""
@@ -339,8 +338,7 @@ def test_a_multiclass_task_is_one_softmax_from_labels_to_core_ml(tiny_project, t
     from cxr.data.dataset import load_dataset
     from cxr.export import coreml_spec_summary
     from cxr.inference import load_model, predict
-    project = tmp_path / "multiclass"
-    shutil.copytree(tiny_project, project, symlinks=True)
+    project = tiny_copy
     params = yaml.safe_load((project / "params.yaml").read_text())
     classes = ["No Finding", "Infiltration", "Effusion"]
     params["labels"].update(task="multiclass", target="abnormal", classes=classes)

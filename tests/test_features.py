@@ -2,7 +2,6 @@
 import dataclasses
 import json
 import re
-import shutil
 
 import pytest
 import yaml
@@ -39,9 +38,8 @@ def _lock_out(project, stage: str) -> str:
     return lock["stages"][stage]["outs"][0]["md5"]
 
 
-def test_features_are_computed_once_and_kept_when_only_training_changes(tiny_project, tmp_path):
-    project = tmp_path / "features"
-    shutil.copytree(tiny_project, project, symlinks=True)
+def test_features_are_computed_once_and_kept_when_only_training_changes(tiny_copy):
+    project = tiny_copy
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["models"]["mobilenet"].update(epochs=2, freeze_epochs=1)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -180,9 +180,8 @@ def _lock_sqlite(db) -> subprocess.Popen:
     return holder
 
 
-def test_evaluation_with_a_locked_mlflow_store_writes_its_outputs_and_warns(tiny_project, tmp_path, held_stages):
-    project = tmp_path / "project"
-    shutil.copytree(tiny_project, project, symlinks=True)   # trained, its mlflow.db holds the training run
+def test_evaluation_with_a_locked_mlflow_store_writes_its_outputs_and_warns(tiny_copy, held_stages):
+    project = tiny_copy   # trained, its mlflow.db holds the training run
     holder = _lock_sqlite(project / "mlflow.db")
     held_stages.append(holder)
     proc = run(["python", "stages/evaluate.py", "cnn"], project, check=False)

@@ -1,5 +1,6 @@
 """The DVC pipeline end to end in a temporary copy of the project."""
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -147,19 +148,19 @@ def _files(root):
     return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_second_clone_restores_every_stage_from_a_remote_and_reruns_only_what_changed(tiny_project, tmp_path):
+def test_second_clone_restores_every_stage_from_a_remote_and_reruns_only_what_changed(tiny_copy, tmp_path):
     """The DVC way to reproduce elsewhere: outputs and run-cache in a remote, restored, not re-executed."""
     remote, b = tmp_path / "remote", tmp_path / "b"
-    run(["dvc", "remote", "add", "--local", "-d", "storage", str(remote)], tiny_project)
-    run(["dvc", "push", "--run-cache"], tiny_project)
+    run(["dvc", "remote", "add", "--local", "-d", "storage", str(remote)], tiny_copy)
+    run(["dvc", "push", "--run-cache"], tiny_copy)
 
-    run(["git", "clone", "-q", str(tiny_project), str(b)], tmp_path)
+    run(["git", "clone", "-q", str(tiny_copy), str(b)], tmp_path)
     run(["dvc", "remote", "add", "--local", "-d", "storage", str(remote)], b)
     run(["dvc", "pull", "--run-cache"], b)
     out = run(["dvc", "repro"], b).stdout
     assert _stages_run(out) == [], out
-    assert _files(b / "metrics") == _files(tiny_project / "metrics")
-    assert (b / "models/cnn/model.keras").read_bytes() == (tiny_project / "models/cnn/model.keras").read_bytes()
+    assert _files(b / "metrics") == _files(tiny_copy / "metrics")
+    assert (b / "models/cnn/model.keras").read_bytes() == (tiny_copy / "models/cnn/model.keras").read_bytes()
 
     edit_params(b, lambda p: p["evaluate"].update(bootstrap=60))   # evaluate's alone: export stays
     assert sorted(_stages_run(run(["dvc", "repro"], b).stdout)) == ["evaluate@cnn", "evaluate@mobilenet", "report"]
@@ -168,7 +169,7 @@ def test_second_clone_restores_every_stage_from_a_remote_and_reruns_only_what_ch
     run(["git", "checkout", "HEAD", "--", "."], b)   # HEAD: DVC autostages what repro wrote
     run(["dvc", "checkout"], b)
     assert "up to date" in run(["dvc", "status"], b).stdout
-    assert _files(b / "metrics") == _files(tiny_project / "metrics")
+    assert _files(b / "metrics") == _files(tiny_copy / "metrics")
 
     # The same change again: restored from the run-cache this clone kept (what CI's Actions cache
     # keeps). Only report executes: its summary.md is git-tracked, and DVC run-caches no such stage.
@@ -178,96 +179,94 @@ def test_second_clone_restores_every_stage_from_a_remote_and_reruns_only_what_ch
     assert "Stage 'evaluate@cnn' is cached - skipping run" in out
 
 
-def test_fresh_reproduction_of_a_commit_gives_its_committed_metrics(project):
-    """`make check-repro`: clone, reproduce from an empty cache, compare. One small variant."""
+def test_fresh_reproduction_of_a_commit_gives_its_committed_metrics(tiny_copy):
+    """`make check-repro`: clone, reproduce from an empty cache, compare. One small variant: the tiny
+    project without mobilenet, exported to fp32 TFLite only."""
     def one_small_variant(p):
-        tiny_params(p)
         p["models"] = {"cnn": p["models"]["cnn"]}
         p["export"].update(tflite=["fp32"], coreml=False)
+    project = tiny_copy
     edit_params(project, one_small_variant)
-    run(["dvc", "repro"], project)
+    assert sorted(_stages_run(run(["dvc", "repro"], project).stdout)) == ["export@cnn", "report"]
+    shutil.rmtree(project / "models" / "mobilenet")   # its DVC outputs would lose their .gitignore below
+    run(["git", "rm", "-rq", ":(glob)metrics/*/mobilenet*", "reports/mobilenet", "models/mobilenet"], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "results"], project)
     proc = run(["cxr", "check-repro", "--fresh"], project)
     assert "0 quality metrics beyond their band, 0 moved within noise (against HEAD)" in proc.stdout, proc.stdout
-    clone = proc.stdout.rsplit("reproduction in ", 1)[1].strip()
+    clone = Path(proc.stdout.rsplit("reproduction in ", 1)[1].strip())
+    assert not (clone / "models" / "mobilenet").exists()
     for path in ("metrics/train/cnn.json", "metrics/eval/cnn.json", "metrics/export/cnn.json"):
-        assert (project / path).read_bytes() == (Path(clone) / path).read_bytes(), path
+        assert (project / path).read_bytes() == (clone / path).read_bytes(), path
 
 
-def test_check_repro_judges_each_metric_against_the_committed_interval(tiny_project):
-    clean = run(["cxr", "check-repro"], tiny_project)
+def test_check_repro_judges_each_metric_against_the_committed_interval(tiny_copy):
+    clean = run(["cxr", "check-repro"], tiny_copy)
     assert "0 quality metrics beyond their band" in clean.stdout
-    path = tiny_project / "metrics" / "eval" / "cnn.json"
-    committed = path.read_text()
-    try:
-        metrics = json.loads(committed)
-        ci = metrics["abnormal"]["auroc_ci95"]
-        metrics["abnormal"]["auroc"] = (ci["low"] + ci["high"]) / 2  # moved, but inside the interval
-        metrics["mean_auroc"] = metrics["mean_auroc_ci95"]["high"] + 0.01
-        path.write_text(json.dumps(metrics))
-        proc = run(["cxr", "check-repro"], tiny_project, check=False)
-        assert proc.returncode == 1
-        [line] = proc.stderr.strip().splitlines()
-        assert line.startswith("cxr check-repro: metrics/eval/cnn.json: mean_auroc: ") and "95% interval" in line
-        assert "1 quality metrics beyond their band, 1 moved within noise" in proc.stdout
-        report = run(["cxr", "pr-report", "--base", "HEAD"], tiny_project).stdout
-        assert "| **changed** | `metrics/eval/cnn.json` | `mean_auroc` |" in report
-        assert "| within noise | `metrics/eval/cnn.json` | `abnormal.auroc` |" in report
-    finally:
-        path.write_text(committed)
+    path = tiny_copy / "metrics" / "eval" / "cnn.json"
+    metrics = json.loads(path.read_text())
+    ci = metrics["abnormal"]["auroc_ci95"]
+    metrics["abnormal"]["auroc"] = (ci["low"] + ci["high"]) / 2  # moved, but inside the interval
+    metrics["mean_auroc"] = metrics["mean_auroc_ci95"]["high"] + 0.01
+    path.write_text(json.dumps(metrics))
+    proc = run(["cxr", "check-repro"], tiny_copy, check=False)
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("cxr check-repro: metrics/eval/cnn.json: mean_auroc: ") and "95% interval" in line
+    assert "1 quality metrics beyond their band, 1 moved within noise" in proc.stdout
+    report = run(["cxr", "pr-report", "--base", "HEAD"], tiny_copy).stdout
+    assert "| **changed** | `metrics/eval/cnn.json` | `mean_auroc` |" in report
+    assert "| within noise | `metrics/eval/cnn.json` | `abnormal.auroc` |" in report
 
 
-# Tests below change tiny_project; they run last, in this order.
-
-def test_changed_evaluate_param_reruns_only_what_uses_it_and_shows_in_pr_report(tiny_project):
+def test_changed_evaluate_param_reruns_only_what_uses_it_and_shows_in_pr_report(tiny_copy):
     # (A param of evaluate's alone reruns no export: the second-clone test changes evaluate.bootstrap.)
-    edit_params(tiny_project, lambda p: p["evaluate"].update(threshold="youden"))   # also each format's threshold
-    ran = _stages_run(run(["dvc", "repro"], tiny_project).stdout)
+    edit_params(tiny_copy, lambda p: p["evaluate"].update(threshold="youden"))   # also each format's threshold
+    ran = _stages_run(run(["dvc", "repro"], tiny_copy).stdout)
     assert sorted(ran) == ["evaluate@cnn", "evaluate@mobilenet", "export@cnn", "export@mobilenet", "report"]
-    report = run(["cxr", "pr-report", "--base", "HEAD"], tiny_project).stdout
+    report = run(["cxr", "pr-report", "--base", "HEAD"], tiny_copy).stdout
     assert "evaluate.threshold" in report and "fbeta" in report and "youden" in report
     assert "abnormal.threshold_method" in report or "abnormal.at_threshold" in report
 
 
-def test_changed_variant_param_reruns_only_that_variant(tiny_project):
-    edit_params(tiny_project, lambda p: p["models"]["cnn"]["head"].update(dropout=0.3))
-    ran = _stages_run(run(["dvc", "repro"], tiny_project).stdout)
+def test_changed_variant_param_reruns_only_that_variant(tiny_copy):
+    edit_params(tiny_copy, lambda p: p["models"]["cnn"]["head"].update(dropout=0.3))
+    ran = _stages_run(run(["dvc", "repro"], tiny_copy).stdout)
     # features@cnn reads the variant's whole section (a linear variant has no `weights` key to name alone);
     # it finds nothing to compute and leaves its output as it was.
     assert sorted(ran) == ["evaluate@cnn", "export@cnn", "features@cnn", "report", "train@cnn"]
 
 
-def test_adding_the_linear_variant_runs_only_its_stages_and_it_goes_everywhere_a_network_goes(tiny_project):
+def test_adding_the_linear_variant_runs_only_its_stages_and_it_goes_everywhere_a_network_goes(tiny_copy):
     """`linear` (fitted by scikit-learn) is trained, evaluated, exported, predicted and logged like any variant."""
     import mlflow
     import yaml
 
     from conftest import BUNDLED, ROOT
     linear = yaml.safe_load((ROOT / "params.yaml").read_text())["models"]["linear"]
-    edit_params(tiny_project, lambda p: p["models"].update(linear=linear))
-    ran = _stages_run(run(["dvc", "repro"], tiny_project).stdout)
+    edit_params(tiny_copy, lambda p: p["models"].update(linear=linear))
+    ran = _stages_run(run(["dvc", "repro"], tiny_copy).stdout)
     assert sorted(ran) == ["evaluate@linear", "export@linear", "features@linear", "report", "train@linear"]
 
-    trained = json.loads((tiny_project / "metrics" / "train" / "linear.json").read_text())
+    trained = json.loads((tiny_copy / "metrics" / "train" / "linear.json").read_text())
     assert trained["epochs_run"] == 1 and 0.3 < trained["val_auroc"] < 1 and not trained["collapsed"]
-    evaluation = json.loads((tiny_project / "metrics" / "eval" / "linear.json").read_text())
+    evaluation = json.loads((tiny_copy / "metrics" / "eval" / "linear.json").read_text())
     assert 0 <= evaluation["abnormal"]["auroc"] <= 1
-    assert len(list((tiny_project / "reports" / "linear" / "heatmaps").iterdir())) == 2
-    exported = json.loads((tiny_project / "metrics" / "export" / "linear.json").read_text())
+    assert len(list((tiny_copy / "reports" / "linear" / "heatmaps").iterdir())) == 2
+    exported = json.loads((tiny_copy / "metrics" / "export" / "linear.json").read_text())
     assert exported["tflite"]["fp32"]["max_abs_diff"] < 1e-4
     assert abs(exported["tflite"]["int8"]["mean_auroc_delta"]) < 0.05  # ranks kept; single outputs may move more
-    manifest = json.loads((tiny_project / "models" / "linear" / "export" / "manifest.json").read_text())
-    assert manifest["family"] == "linear" and (tiny_project / "models/linear/export/model.mlpackage").is_dir()
-    assert "| linear |" in (tiny_project / "reports" / "summary.md").read_text()
+    manifest = json.loads((tiny_copy / "models" / "linear" / "export" / "manifest.json").read_text())
+    assert manifest["family"] == "linear" and (tiny_copy / "models/linear/export/model.mlpackage").is_dir()
+    assert "| linear |" in (tiny_copy / "reports" / "summary.md").read_text()
 
     image = sorted((BUNDLED / "images").glob("*.png"))[0]
     for model, name in (("models/linear", "linear (keras)"),
                         ("models/linear/export/model_int8.tflite", "linear (model_int8.tflite)")):
-        proc = run(["cxr", "predict", str(image), "--json", "--model", model], tiny_project)
+        proc = run(["cxr", "predict", str(image), "--json", "--model", model], tiny_copy)
         result = json.loads(proc.stdout)
         assert result["model"] == name and 0 <= result["abnormal_score"] <= 1
 
-    mlflow.set_tracking_uri(f"sqlite:///{tiny_project / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_copy / 'mlflow.db'}")
     [version] = mlflow.MlflowClient().search_model_versions("name = 'linear'")
     assert version.tags["dvc.stage"] == "train@linear"
