@@ -38,9 +38,10 @@ def main() -> None:
     test, val = data.splits["test"], data.splits["val"]
     test_images = data.images("test")
     test_p, val_p = predict(model, test_images), predict(model, data.images("val"))
+    weights = bootstrap_weights(test.patients, ep.bootstrap, ep.seed)   # every interval below resamples these
     result = evaluate_predictions(data.targets, test.y, test_p, test.patients, val.y, val_p,
                                   threshold=ep.threshold, beta=ep.beta, min_positives=ep.min_positives,
-                                  bootstrap=ep.bootstrap, seed=ep.seed, decision=params.labels.decision)
+                                  weights=weights, decision=params.labels.decision)
     metrics, curves = result["metrics"], result["curves"]
     names = params.labels.decision.positive, params.labels.decision.negative   # e.g. abnormal, normal
     decision = metrics[names[0]]
@@ -73,7 +74,6 @@ def main() -> None:
     metrics["localization"] = gradcam.localization(cams, boxes)
     # What age, sex and view alone predict, beside the model (no image); the model within each of them.
     test_table = pd.read_csv(LABELS, dtype={"Patient ID": str}).set_index("Image Index").loc[list(test.names)]
-    weights = bootstrap_weights(test.patients, ep.bootstrap, ep.seed)
     decision["baselines"].update(metadata_baselines(
         read_metadata(OFFICIAL_METADATA), set(test.patients) | set(val.patients), params.labels.views, names[0],
         test_table, truth, weights, ep.seed))

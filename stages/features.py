@@ -8,10 +8,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cxr import compute  # noqa: E402
 from cxr.errors import run_command  # noqa: E402
+from cxr.data.cache import cache_sha256  # noqa: E402
 from cxr.features import FEATURES_FILE, KEY_FILE, compute_features, feature_key, read_key, wanted  # noqa: E402
 from cxr.outputs import atomic_path, write_json  # noqa: E402
 from cxr.params import load_variant  # noqa: E402
-from cxr.paths import CACHE, CACHE_IMAGES_FILE, CACHE_INDEX_FILE, features_dir  # noqa: E402
+from cxr.paths import CACHE, features_dir  # noqa: E402
 
 
 def main() -> None:
@@ -25,8 +26,7 @@ def main() -> None:
             write_json(tmp / KEY_FILE, {"used": False, "why": why_not})
         print(f"features@{variant}: none: {why_not}")
         return
-    key = feature_key(mp, params.image.size, [f"{CACHE}/{CACHE_INDEX_FILE}", f"{CACHE}/{CACHE_IMAGES_FILE}"],
-                      params.compute, params.train.seed)
+    key = feature_key(mp, params.image.size, cache_sha256(CACHE), params.compute, params.train.seed)
     stored = read_key(out)
     if stored is not None and stored.get("key") == key and (out / FEATURES_FILE).is_file():
         print(f"features@{variant}: kept ({stored['images']} images x {stored['dims']} features of "

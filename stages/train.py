@@ -8,12 +8,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cxr import compute, tracking  # noqa: E402
 from cxr.errors import run_command  # noqa: E402
+from cxr.data.cache import cache_sha256  # noqa: E402
 from cxr.features import feature_key, load_features, wanted  # noqa: E402
 from cxr.models import check_weights  # noqa: E402
-from cxr.outputs import atomic_path, file_sha256, write_json  # noqa: E402
+from cxr.outputs import atomic_path, write_json  # noqa: E402
 from cxr.params import ModelParams, load_variant  # noqa: E402
-from cxr.paths import (CACHE, CACHE_IMAGES_FILE, CACHE_INDEX_FILE, DATA_STAGE_METRICS, LABELS, MODEL_INFO,  # noqa: E402
-                       SPLITS, features_dir, model_dir, model_file, stage_metrics, timings, variant_reports)
+from cxr.paths import (CACHE, DATA_STAGE_METRICS, LABELS, MODEL_INFO, SPLITS, features_dir, model_dir,  # noqa: E402
+                       model_file, stage_metrics, timings, variant_reports)
 
 
 
@@ -42,11 +43,11 @@ def main() -> None:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()  # joins the cluster TF_CONFIG names
 
     dataset = load_dataset(CACHE, LABELS, SPLITS, params.labels.targets)
+    cache_sha = cache_sha256(CACHE)   # the features' key and the data version both need it
     features = None
     if wanted(model_params, params.train.feature_cache) is None:   # the frozen epochs fit the head on these
         features = load_features(features_dir(variant), feature_key(
-            model_params, params.image.size, [f"{CACHE}/{CACHE_INDEX_FILE}", f"{CACHE}/{CACHE_IMAGES_FILE}"],
-            params.compute, params.train.seed))
+            model_params, params.image.size, cache_sha, params.compute, params.train.seed))
     if worker is not None and not worker.chief:
         # Trains its shard in step with the others; the chief saves the model and logs the run.
         result = train.train_model(dataset, model_params, params.train, params.image.size, name=variant,
@@ -58,7 +59,7 @@ def main() -> None:
             "labels": {"task": params.labels.task, "target": params.labels.target,
                        "classes": list(params.labels.classes)},
             "train": dataclasses.asdict(params.train), "model": dataclasses.asdict(model_params)}
-    data_sha = file_sha256([SPLITS, LABELS, f"{CACHE}/{CACHE_INDEX_FILE}", f"{CACHE}/{CACHE_IMAGES_FILE}"])
+    data_sha = tracking.data_sha256(SPLITS, LABELS, cache_sha)
     history_csv = stage_metrics("train", variant, "_history.csv")
     # What the data stages measured (functions of the data hashed above), for the parent run of
     # this data version; only logged, so not deps.

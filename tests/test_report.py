@@ -2,7 +2,7 @@
 import numpy as np
 
 from cxr.data import FINDINGS
-from cxr.evaluate import evaluate_predictions
+from cxr.evaluate import bootstrap_weights, evaluate_predictions
 from cxr.report import PER_FINDING, summary_markdown
 
 DATA = {"source": "sample", "images": 557, "patients": 555, "split": "patient", "test_images": 60, "size": 32}
@@ -13,7 +13,7 @@ def _evaluation(seed: int) -> dict:
     y = (rng.random((60, 14)) < 0.3).astype(int)
     p = np.clip(y * 0.2 + rng.random((60, 14)) * 0.8, 0, 1)
     return evaluate_predictions(FINDINGS, y, p, np.arange(60), y, p, threshold="fbeta", beta=3, min_positives=5,
-                                bootstrap=20, seed=0)["metrics"]
+                                weights=bootstrap_weights(np.arange(60), 20, 0))["metrics"]
 
 
 def test_per_finding_table_sets_published_full_data_results_beside_each_variant():

@@ -304,18 +304,18 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> tuple[float, li
 
 def evaluate_predictions(targets: Sequence[str], test_y: np.ndarray, test_p: np.ndarray,
                          test_patients: np.ndarray, val_y: np.ndarray, val_p: np.ndarray, *,
-                         threshold: str | float, beta: float, min_positives: int, bootstrap: int,
-                         seed: int, decision: Decision | None = None) -> dict:
+                         threshold: str | float, beta: float, min_positives: int, weights: np.ndarray,
+                         decision: Decision | None = None) -> dict:
     """Everything ``metrics/eval/<variant>.json`` reports, plus the curves to plot.
 
-    The decision (e.g. ``abnormal``: any finding; for a binary task, its
-    target) is reported under its positive name; its threshold is chosen on
-    ``val_*`` only, test data never influences it. Default: any target positive.
+    ``weights``: the test split's patient bootstrap (``bootstrap_weights(test_patients, ...)``),
+    which every interval resamples. The decision (e.g. ``abnormal``: any finding; for a binary
+    task, its target) is reported under its positive name; its threshold is chosen on ``val_*``
+    only, test data never influences it. Default: any target positive.
     """
     decision = decision or any_target(np.asarray(test_y).shape[1])
     targets = list(targets)
     aurocs = per_class_auroc(test_y, test_p, targets, min_positives=1)
-    weights = bootstrap_weights(test_patients, bootstrap, seed)
     rounds = bootstrap_aurocs(test_y, test_p, weights)
     per_class, counted = {}, []
     for j, name in enumerate(targets):
@@ -348,7 +348,7 @@ def evaluate_predictions(targets: Sequence[str], test_y: np.ndarray, test_p: np.
             "ece": ece, "baselines": baselines(truth, beta),
         },
         "test_images": int(len(test_y)), "test_patients": int(len(np.unique(test_patients))),
-        "bootstrap_rounds": bootstrap,
+        "bootstrap_rounds": len(weights),
     }
     curves = {"triage": triage_curve(truth, score), "reliability": reliability,
               "truth": truth, "score": score, "threshold": t}

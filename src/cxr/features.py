@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.errors import CxrError
-from cxr.outputs import atomic_path, file_sha256
+from cxr.outputs import atomic_path
 from cxr.params import ComputeParams, ModelParams, VariantParams
 
 FEATURES_FILE, KEY_FILE = "features.npy", "key.json"
@@ -48,10 +48,10 @@ def wanted(mp: VariantParams, enabled: bool) -> str | None:
     return None
 
 
-def feature_key(mp: ModelParams, size: int, cache_files: list[str], compute: ComputeParams, seed: int) -> dict:
+def feature_key(mp: ModelParams, size: int, cache_sha256: str, compute: ComputeParams, seed: int) -> dict:
     """What the features depend on: the backbone (family, weights; a random one is drawn from
-    ``seed``, as train draws it), the pixels and how TensorFlow computes."""
-    key = {"family": mp.family, "weights": mp.weights, "size": size, "cache_sha256": file_sha256(cache_files),
+    ``seed``, as train draws it), the pixels (the cache's digest) and how TensorFlow computes."""
+    key = {"family": mp.family, "weights": mp.weights, "size": size, "cache_sha256": cache_sha256,
            "compute": asdict(compute)}
     return key if mp.weights is not None else {**key, "seed": seed}
 
@@ -61,23 +61,26 @@ def read_key(directory: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _head_layers(model) -> list:
+    """The layers of a backbone classifier after its ``backbone`` layer."""
+    names = [layer.name for layer in model.layers]
+    return model.layers[names.index("backbone") + 1:]
+
+
 def backbone_model(model):
     """The part of a backbone classifier that a frozen phase does not train: image -> pooled features
-    (the input of the head, the layers after ``backbone``)."""
+    (the input of the head)."""
     import keras
-    names = [layer.name for layer in model.layers]
-    head_input = model.layers[names.index("backbone") + 1].input
-    return keras.Model(model.inputs[0], head_input, name=f"{model.name}_features")
+    return keras.Model(model.inputs[0], _head_layers(model)[0].input, name=f"{model.name}_features")
 
 
 def head_model(model, dims: int):
     """The head of a backbone classifier on a features input, sharing the model's layers (training it
     trains them)."""
     import keras
-    names = [layer.name for layer in model.layers]
     inputs = keras.Input((dims,), name="features")
     x = inputs
-    for layer in model.layers[names.index("backbone") + 1:]:
+    for layer in _head_layers(model):
         x = layer(x)
     return keras.Model(inputs, x, name=f"{model.name}_head")
 

@@ -178,6 +178,11 @@ def _failures() -> tuple[type[BaseException], ...]:
     return (MlflowException, SQLAlchemyError, CommandError, OSError)
 
 
+def data_sha256(splits: str | os.PathLike, labels: str | os.PathLike, cache_sha256: str) -> str:
+    """The data version a training run nests under: the split and label files and the cache's digest."""
+    return hashlib.sha256(f"{file_sha256([splits, labels])} {cache_sha256}".encode()).hexdigest()
+
+
 def _data_run(mlflow, data_sha256: str, data_metrics: dict[str, dict]) -> str:
     """ID of the parent run of this data version (labels, splits and cache by content):
     found by its tag, or created holding the data stages' metrics.
@@ -324,8 +329,10 @@ def log_model_stage(stage: str, variant: str, model_sha256: str, metrics: dict[s
 def _log_model_stage(stage, variant, model_sha256, metrics, params, artifacts, uri) -> str:
     import mlflow
 
-    mlflow.set_tracking_uri(uri or tracking_uri())
-    mlflow.set_experiment(EXPERIMENT)
+    uri = uri or tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    with _one_at_a_time(uri):   # the first contact may create the store (a model restored, not trained)
+        mlflow.set_experiment(EXPERIMENT)
     prefixed = {f"{STAGE_PREFIX[stage]}{k}": float(v) for k, v in metrics.items() if v is not None}
     tags = {TAG_VARIANT: variant, TAG_STAGE: f"{stage}@{variant}", TAG_MODEL: model_sha256, **run_tags()}
 

@@ -171,19 +171,19 @@ def make_dataset(pixels: np.ndarray, subset: Subset, batch_size: int, shuffle: b
     ``augment``: each batch moved by random affine transforms drawn from ``seed``.
     """
     rows, y = subset.rows, subset.y.astype(np.float32)
-    images = len(pixels.shape) == 3
-    shape = (None, *pixels.shape[1:], 1) if images else (None, *pixels.shape[1:])
-    dtype = tf.uint8 if images else tf.float32
+    of_images = len(pixels.shape) == 3
+    shape = (None, *pixels.shape[1:], 1) if of_images else (None, *pixels.shape[1:])
+    dtype = tf.uint8 if of_images else tf.float32
 
     def gather(idx):
         got = np.asarray(pixels[rows[idx]])
-        return got[..., None] if images else got, y[idx]
+        return got[..., None] if of_images else got, y[idx]
 
     def load(idx):
-        images, targets = tf.numpy_function(gather, [idx], (dtype, tf.float32), stateful=False)
-        images.set_shape(shape)
+        inputs, targets = tf.numpy_function(gather, [idx], (dtype, tf.float32), stateful=False)
+        inputs.set_shape(shape)
         targets.set_shape((None, y.shape[1]))
-        return tf.cast(images, tf.float32), targets
+        return tf.cast(inputs, tf.float32), targets
 
     ds = tf.data.Dataset.range(len(rows))
     if shuffle:
@@ -331,23 +331,22 @@ class ValidationScores(keras.callbacks.Callback):
     It must come before EarlyStopping / ReduceLROnPlateau in the callback
     list: they read ``val_auroc`` from the same ``logs``. It also keeps the
     best epoch's weights of ``kept`` (the whole model, also while a phase fits
-    only its head on bottleneck features: ``feed``) across both training phases.
+    only its head on bottleneck features) across both training phases: each
+    phase says what it is scored on with ``feed`` before it starts.
     """
 
-    def __init__(self, data: tf.data.Dataset, y: np.ndarray, batch_norm_images: np.ndarray | None = None,
-                 predict=None, exclusive: bool = False):
+    def __init__(self, y: np.ndarray, predict=None, exclusive: bool = False):
         super().__init__()
-        self.data, self.y, self.exclusive = data, y, exclusive
+        self.y, self.exclusive = y, exclusive
         self.predict = predict or (lambda model, data: model.predict(data, verbose=0))
-        self.batch_norm_images = batch_norm_images  # recalibrate BatchNorm on these before scoring
         self.rows: list[dict] = []
         self.best: dict | None = None
         self.best_weights = None
         self.best_predictions: np.ndarray | None = None
-        self.kept: keras.Model | None = None
 
     def feed(self, data: tf.data.Dataset, kept: keras.Model, batch_norm_images: np.ndarray | None) -> None:
-        """What the next phase is scored on, and the model whose weights are kept."""
+        """What the next phase is scored on (``data``; BatchNorm first recalibrated on
+        ``batch_norm_images`` when given) and the model whose weights are kept."""
         self.data, self.kept, self.batch_norm_images = data, kept, batch_norm_images
 
     def on_epoch_end(self, epoch, logs=None):
@@ -365,7 +364,7 @@ class ValidationScores(keras.callbacks.Callback):
         self.rows.append(row)
         if self.best is None or (auroc is not None and not row["val_auroc"] <= self.best["val_auroc"]):
             self.best = row
-            self.best_weights = (self.kept or self.model).get_weights()
+            self.best_weights = self.kept.get_weights()
             self.best_predictions = p
 
 
@@ -516,7 +515,7 @@ def _train_network(dataset: Dataset, mp: ModelParams, tp: TrainParams, size: int
         pick = np.sort(np.random.default_rng(tp.seed).permutation(len(train))[:BN_RECALIBRATION_IMAGES])
         batch_norm_images = dataset.pixels[train.rows[pick]][..., None]
     val_ds = make_dataset(dataset.pixels, val, tp.batch_size * 4)
-    scores = ValidationScores(val_ds, val.y, batch_norm_images, predict, exclusive)
+    scores = ValidationScores(val.y, predict, exclusive)
     stop = keras.callbacks.EarlyStopping("val_auroc", mode="max", patience=tp.early_stopping_patience)
     reduce = keras.callbacks.ReduceLROnPlateau("val_auroc", mode="max", factor=0.5,
                                                patience=tp.reduce_lr_patience, min_lr=1e-6)
