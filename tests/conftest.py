@@ -1,8 +1,11 @@
 """Shared fixtures: the project root, the bundled real NIH data, temp project copies."""
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +34,8 @@ def sample_images() -> list[Path]:
 
 
 # A test using one of these runs stages, trains, or serves: the `pipeline` tier.
-PIPELINE_FIXTURES = {"project", "tiny_project", "tiny_copy", "small_data_dir", "small_dataset", "predictor", "client", "server",
-                     "held_stages"}
+PIPELINE_FIXTURES = {"project", "tiny_project", "tiny_copy", "small_data_dir", "small_dataset", "predictor", "client",
+                     "server", "held_stages"}
 
 
 # Long files that need no tiny project run first (make test passes --no-loadscope-reorder): one test
@@ -77,8 +80,6 @@ def run_queued_experiments(project: Path, jobs: int = 1, env: dict | None = None
     after the last experiment, or never when a worker does not exit (treeverse/dvc#10398, seen here
     once, after both experiments had succeeded). The experiments are done when DVC returns.
     """
-    import json
-    import signal
     log = project / ".dvc" / "tmp" / "run-all.log"
     with open(log, "w") as out:
         proc = subprocess.run(["dvc", "exp", "run", "--run-all", "-j", str(jobs)], cwd=project,
@@ -178,7 +179,6 @@ def tiny_project(tmp_path_factory) -> Path:
     Built once per session however many test processes there are (the first to ask builds it under a
     lock; ~100 s here); each process gets its own copy. A test that changes it takes `tiny_copy`.
     """
-    import fcntl
     shared = _session_dir(tmp_path_factory)
     built = shared / "tiny-built" / "project"
     with open(shared / "tiny-built.lock", "w") as lock:
