@@ -78,7 +78,9 @@ def run_queued_experiments(project: Path, jobs: int = 1, env: dict | None = None
     Its output goes to a file, not a pipe: the process that launches each queue worker inherits DVC's
     stdout and lives as long as the worker, so a pipe stays open until every worker has exited, ~10 s
     after the last experiment, or never when a worker does not exit (treeverse/dvc#10398, seen here
-    once, after both experiments had succeeded). The experiments are done when DVC returns.
+    once, after both experiments had succeeded). The experiments are done when DVC returns, and
+    DVC has deleted their temporary copies: one still there was written after its deletion (it was
+    so while MLflow's artifact root lay in the first experiment's copy).
     """
     log = project / ".dvc" / "tmp" / "run-all.log"
     with open(log, "w") as out:
@@ -91,6 +93,8 @@ def run_queued_experiments(project: Path, jobs: int = 1, env: dict | None = None
             pass   # it had shut down by itself
     if proc.returncode != 0:
         raise AssertionError(f"dvc exp run --run-all failed ({proc.returncode}):\n{log.read_text()}")
+    left = sorted(p.name for p in (project / ".dvc" / "tmp" / "exps").glob("tmp*"))
+    assert not left, f"written after DVC deleted them: .dvc/tmp/exps/{left}"
 
 
 def make_project(dest: Path) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run, run_queued_experiments
-from cxr.tracking import tracking_uri
+from cxr.tracking import artifact_root, tracking_uri
 
 
 def test_explicit_uri_wins_and_the_default_is_the_repository_root(tmp_path):
@@ -14,33 +14,49 @@ def test_explicit_uri_wins_and_the_default_is_the_repository_root(tmp_path):
     assert tracking_uri({}, cwd=tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc123"
     assert tracking_uri({"DVC_ROOT": str(tmp_path)}, cwd=copy) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    # A new experiment's files go beside a SQLite file whatever the working directory; a server decides itself.
+    assert artifact_root(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}") == (tmp_path.resolve() / "store" / "mlruns").as_uri()
+    assert artifact_root("http://mlflow.example.org:5000") is None
+
+
+WHERE = """import os
+from cxr.tracking import log_model_stage, run_tags, tracking_uri
+name = run_tags()["dvc.exp_name"]
+print(os.getcwd()); print(tracking_uri()); print(name)
+print(log_model_stage("evaluate", name, "0" * 64, {"x": 1.0}, {}, artifacts=["params.yaml"]))
+"""
 
 
 @pytest.mark.pipeline   # runs `dvc exp` in a temporary repository
 def test_temporary_and_queued_dvc_experiments_log_to_the_repository_store(tmp_path):
-    """`dvc exp run --temp` and queued runs execute in a copy under .dvc/tmp/exps/; their runs must
-    still reach the repository's mlflow.db, not one in the copy that is deleted afterwards."""
+    """`dvc exp run --temp` and queued runs execute in a copy under .dvc/tmp/exps/; their runs and
+    files must still reach the repository's mlflow.db and mlruns/, not the copy deleted afterwards
+    (MLflow's default artifact root is the working directory of the run that creates the experiment)."""
+    from mlflow import MlflowClient
     repo = tmp_path / "repo"
     repo.mkdir()
     env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"),
            "HOME": str(tmp_path), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    (repo / "dvc.yaml").write_text(
-        "stages:\n  where:\n    cmd: python -c \"import os; from cxr.tracking import run_tags, tracking_uri; "
-        "print(os.getcwd()); print(tracking_uri()); print(run_tags()['dvc.exp_name'])\" > where.txt\n"
-        "    params: [x]\n    outs:\n      - where.txt:\n          cache: false\n")
+    (repo / "where.py").write_text(WHERE)
+    (repo / "dvc.yaml").write_text("stages:\n  where:\n    cmd: python where.py > where.txt\n"
+                                   "    params: [x]\n    outs:\n      - where.txt:\n          cache: false\n")
     (repo / "params.yaml").write_text("x: 1\n")
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"],
                 ["dvc", "exp", "run", "--temp", "-S", "x=2", "-n", "elsewhere"],
                 ["dvc", "exp", "run", "--queue", "-S", "x=3", "-n", "queued"]):
         run(cmd, repo, env=env)
     run_queued_experiments(repo, env=env)
-    for name in ("elsewhere", "queued"):
+    store = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    for name, x in (("elsewhere", 2), ("queued", 3)):
         shown = subprocess.run(["git", "show", "refs/exps/" + _exp_ref(repo, env, name) + ":where.txt"], cwd=repo,
                                env=env, capture_output=True, text=True, check=True).stdout.splitlines()
         assert "/.dvc/tmp/exps/" in shown[0]                        # it ran in a copy
         assert shown[1] == f"sqlite:///{repo.resolve() / 'mlflow.db'}"  # and logs to the repository
         assert shown[2] == name                                     # its runs are tagged with the experiment
+        artifacts = store.get_run(shown[3]).info.artifact_uri      # its files outlive the copy
+        assert artifacts.startswith((repo.resolve() / "mlruns").as_uri() + "/")
+        assert Path(artifacts.removeprefix("file://"), "evaluate", "params.yaml").read_text() == f"x: {x}\n"
 
 
 def _exp_ref(repo: Path, env: dict, name: str) -> str:

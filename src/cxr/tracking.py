@@ -1,7 +1,8 @@
 """MLflow: the one place that knows run names, tags and what gets logged.
 
 Store: ``MLFLOW_TRACKING_URI`` when set, else ``mlflow.db`` (SQLite) at the
-repository root (gitignored; never a DVC output), the same file for
+repository root (gitignored; never a DVC output), with the artifacts in
+``mlruns/`` beside a SQLite file (``artifact_root``); the same for
 ``dvc repro`` and for ``dvc exp run --temp`` / ``--queue`` runs, which execute
 in a temporary copy inside ``.dvc`` but get the repository in ``DVC_ROOT``.
 Runs are linked by content, so no run ID has to live in a DVC output (which
@@ -183,7 +184,7 @@ def data_sha256(splits: str | os.PathLike, labels: str | os.PathLike, cache_sha2
     return hashlib.sha256(f"{file_sha256([splits, labels])} {cache_sha256}".encode()).hexdigest()
 
 
-def _data_run(mlflow, data_sha256: str, data_metrics: dict[str, dict]) -> str:
+def _data_run(mlflow, experiment_id: str, data_sha256: str, data_metrics: dict[str, dict]) -> str:
     """ID of the parent run of this data version (labels, splits and cache by content):
     found by its tag, or created holding the data stages' metrics.
 
@@ -193,7 +194,6 @@ def _data_run(mlflow, data_sha256: str, data_metrics: dict[str, dict]) -> str:
     """
     from mlflow.entities import Metric
 
-    experiment_id = mlflow.set_experiment(EXPERIMENT).experiment_id
     found = mlflow.search_runs([experiment_id], output_format="list", max_results=1,
                                filter_string=f"tags.`{TAG_STAGE}` = '{STAGE_DATA}' and tags.`{TAG_DATA}` = '{data_sha256}'")
     if found:
@@ -209,6 +209,23 @@ def _data_run(mlflow, data_sha256: str, data_metrics: dict[str, dict]) -> str:
         client.log_batch(run_id, metrics=metrics[start:start + 1000])
     client.set_terminated(run_id)
     return run_id
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: ``mlruns/`` beside a SQLite store's file; for a
+    server, None (the server decides). MLflow's own default is the working directory, which for
+    ``dvc exp run --temp``/``--queue`` is the copy DVC deletes after the run: every model logged
+    to that experiment afterwards, by any run, would go there too."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri()
+
+
+def _set_experiment(mlflow, uri: str):
+    """The pipeline's experiment, made active; created with its ``artifact_root``."""
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_root(uri))
+    return mlflow.set_experiment(EXPERIMENT)
 
 
 @contextmanager
@@ -242,7 +259,8 @@ def training_run(variant: str, stage: str, params: dict, data_sha256: str, uri: 
     tags = {TAG_VARIANT: variant, TAG_STAGE: stage, TAG_DATA: data_sha256, **run_tags(), **(tags or {})}
     try:  # before any training: failing here loses nothing
         with _one_at_a_time(uri):   # the first contact may create the store
-            parent = _data_run(mlflow, data_sha256, data_metrics or {})
+            experiment_id = _set_experiment(mlflow, uri).experiment_id
+            parent = _data_run(mlflow, experiment_id, data_sha256, data_metrics or {})
         # The tag, not start_run(parent_run_id=): MLflow nests only under an active run that way.
         run_id = mlflow.start_run(run_name=variant, tags={**tags, "mlflow.parentRunId": parent}).info.run_id
         mlflow.log_params({k: "null" if v is None else v for k, v in flatten(params).items()})
@@ -332,7 +350,7 @@ def _log_model_stage(stage, variant, model_sha256, metrics, params, artifacts, u
     uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
     with _one_at_a_time(uri):   # the first contact may create the store (a model restored, not trained)
-        mlflow.set_experiment(EXPERIMENT)
+        _set_experiment(mlflow, uri)
     prefixed = {f"{STAGE_PREFIX[stage]}{k}": float(v) for k, v in metrics.items() if v is not None}
     tags = {TAG_VARIANT: variant, TAG_STAGE: f"{stage}@{variant}", TAG_MODEL: model_sha256, **run_tags()}
 
