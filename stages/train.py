@@ -43,12 +43,15 @@ def main() -> None:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()  # joins the cluster TF_CONFIG names
 
     dataset = load_dataset(CACHE, LABELS, SPLITS, params.labels.targets)
-    cache_sha = cache_sha256(CACHE)   # the features' key and the data version both need it
+    chief = worker is None or worker.chief
+    use_features = wanted(model_params, params.train.feature_cache) is None  # the frozen epochs fit the head on them
+    # The features' key and the chief's data version need the cache's digest: one read of images.npy, once.
+    cache_sha = cache_sha256(CACHE) if use_features or chief else None
     features = None
-    if wanted(model_params, params.train.feature_cache) is None:   # the frozen epochs fit the head on these
+    if use_features:
         features = load_features(features_dir(variant), feature_key(
             model_params, params.image.size, cache_sha, params.compute, params.train.seed))
-    if worker is not None and not worker.chief:
+    if not chief:
         # Trains its shard in step with the others; the chief saves the model and logs the run.
         result = train.train_model(dataset, model_params, params.train, params.image.size, name=variant,
                                    strategy=strategy, decision=params.labels.decision, features=features)
