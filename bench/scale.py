@@ -10,7 +10,7 @@
    that archive (``images/`` flat, the metadata normalized), with ``data.source: kaggle-full``,
    ``split.method: official``, ``image.size: 224`` and one variant, ``cnn``, trained for
    ``train.steps_per_epoch`` steps (one epoch).
-3. Runs the real stage scripts there, one process each: relabel, split, resize, train@cnn,
+3. Runs the real stage scripts there, one process each: relabel, split, resize, features@cnn, train@cnn,
    evaluate@cnn (all 25,596 official-test images), export@cnn, report; for each, wall time, the
    peak resident memory of the stage's process (from the kernel, at exit) and of the process with
    its workers (sampled every 0.2 s), and throughput.
@@ -160,7 +160,9 @@ def run_stage(cmd: list[str], project: Path) -> dict:
 
 def timed(cmd: list[str], project: Path) -> float:
     started = time.perf_counter()
-    subprocess.run(cmd, cwd=project, env=project_env(project), check=True, capture_output=True)
+    proc = subprocess.run(cmd, cwd=project, env=project_env(project), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return round(time.perf_counter() - started, 1)
 
 
@@ -193,6 +195,10 @@ def main() -> None:
         tree, names = build_kaggle_tree(root, workers, args.limit)
         project = make_project(root / "project")
         edit_params(project, scale_params(args.steps))
+        # Links, as DVC advises for large data: with its default (copy), `dvc commit` writes a second
+        # copy of every one of the 112,120 raw files (this machine's disk ran out so).
+        subprocess.run(["dvc", "config", "--local", "cache.type", "hardlink,symlink,copy"], cwd=project,
+                       env=project_env(project), check=True, capture_output=True)
         placed = place_raw(tree, project)
         report["tree"] = {"images": placed, "limit": args.limit, "distinct_files": len(list((root / "distinct").iterdir())),
                           "seconds": round(time.perf_counter() - started, 1)}
@@ -201,7 +207,8 @@ def main() -> None:
 
         test = set(_gunzip(ROOT / OFFICIAL_TEST).decode().split())
         stages = [("relabel", ["stages/relabel.py"]), ("split", ["stages/split.py"]),
-                  ("resize", ["stages/resize.py"]), ("train@cnn", ["stages/train.py", "cnn"]),
+                  ("resize", ["stages/resize.py"]), ("features@cnn", ["stages/features.py", "cnn"]),
+                  ("train@cnn", ["stages/train.py", "cnn"]),
                   ("evaluate@cnn", ["stages/evaluate.py", "cnn"]), ("export@cnn", ["stages/export.py", "cnn"]),
                   ("report", ["stages/report.py"])]
         for name, cmd in stages:
