@@ -102,7 +102,7 @@ seeds: repro
 	$(BIN)/python bench/seeds.py --candidates bench/candidates.yaml
 
 # NIH's full size simulated: 112,120 linked 1024-px images in Kaggle's layout, the real stages at 224 px
-# (official split, train@cnn for STEPS steps); writes reports/scale.json (~40 min, ~15 GB of disk).
+# (official split, train@cnn for STEPS steps); writes reports/scale.json (~30 min, ~15 GB of disk).
 STEPS ?= 50
 scale: install
 	$(BIN)/python bench/scale.py --steps $(STEPS)

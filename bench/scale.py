@@ -22,7 +22,7 @@
 Writes reports/scale.json (not with --limit) and prints a table. Download itself (Kaggle's 42 GB archive) is not
 simulated: the network is the limit there, and this machine has none.
 
-    python bench/scale.py                # ~40 min on 2 cores, ~15 GB of disk while it runs
+    python bench/scale.py                # ~30 min on 2 cores, ~15 GB of disk while it runs
     python bench/scale.py --steps 20 --keep
 """
 from __future__ import annotations
