@@ -211,14 +211,18 @@ def _data_run(mlflow, experiment_id: str, data_sha256: str, data_metrics: dict[s
     return run_id
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a local SQLite store's URI; None for any other store."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 def artifact_root(uri: str) -> str | None:
     """Where a new experiment keeps its artifacts: ``mlruns/`` beside a SQLite store's file; for a
     server, None (the server decides). MLflow's own default is the working directory, which for
     ``dvc exp run --temp``/``--queue`` is the copy DVC deletes after the run: every model logged
     to that experiment afterwards, by any run, would go there too."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri()
+    store = _sqlite_file(uri)
+    return None if store is None else (store.resolve().parent / "mlruns").as_uri()
 
 
 def _set_experiment(mlflow, uri: str):
@@ -235,10 +239,11 @@ def _one_at_a_time(uri: str):
     migrations then collide (measured: 'table ... already exists', for both processes). flock,
     not SQLite's own fcntl locks, so it never blocks SQLite itself."""
     import fcntl
-    if not uri.startswith("sqlite:///"):
+    path = _sqlite_file(uri)
+    if path is None:
         yield
         return
-    with open(uri[len("sqlite:///"):], "ab") as store:   # an empty file is an empty SQLite database
+    with open(path, "ab") as store:   # an empty file is an empty SQLite database
         fcntl.flock(store, fcntl.LOCK_EX)
         try:
             yield
