@@ -1,9 +1,8 @@
-"""download: fetch data.source into data/raw/ (images/ + Data_Entry_2017.csv)."""
+"""download: fetch data.source into data/raw/ (images/, their manifest images.md5, Data_Entry_2017.csv)."""
 from cxr.data.download import fetch
 from cxr.errors import run_command
 from cxr.paths import BUNDLED, RAW
 from cxr.params import load_params
-
 
 
 def main() -> None:

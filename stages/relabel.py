@@ -1,19 +1,19 @@
 """relabel: metadata -> data/labels.csv (multi-hot findings, No Finding, abnormal); for a
 multiclass task only the images of exactly one class."""
-from cxr.data.download import image_names
+from cxr.data.download import manifest_names
 from cxr.data.labels import build_labels, class_counts, single_class
 from cxr.data.metadata import read_metadata
 from cxr.errors import run_command
 from cxr.outputs import write_csv, write_json
 from cxr.params import load_params
-from cxr.paths import LABELS, RAW_IMAGES, RAW_METADATA, stage_metrics
+from cxr.paths import LABELS, RAW, RAW_METADATA, stage_metrics
 
 METRICS = stage_metrics("labels")
 
 
 def main() -> None:
     params = load_params().labels
-    table, report = build_labels(read_metadata(RAW_METADATA), params.views, image_names(RAW_IMAGES), RAW_METADATA)
+    table, report = build_labels(read_metadata(RAW_METADATA), params.views, manifest_names(RAW), RAW_METADATA)
     if params.task == "multiclass":
         table, report["single_class"] = single_class(table, params.classes)
         report.update(rows=int(len(table)), patients=int(table["Patient ID"].nunique()))

@@ -1,5 +1,7 @@
 """Sources: bundled sample, and the Kaggle path against a local stand-in of the API."""
 import gzip
+import hashlib
+import subprocess
 import sys
 import zipfile
 import zlib
@@ -10,7 +12,8 @@ import pytest
 
 from conftest import BUNDLED, FULL_METADATA, edit_params, project_env, run
 from cxr.data import read_metadata
-from cxr.data.download import DownloadError, fetch_bundled, fetch_kaggle, kaggle_credentials_found
+from cxr.data.download import (DownloadError, fetch, fetch_bundled, fetch_kaggle, kaggle_credentials_found,
+                               manifest_names)
 
 
 class LocalKaggleApi:
@@ -68,6 +71,41 @@ def test_bundled_fetch_is_resumable_and_exact(tmp_path):
     assert second["fetched"] == 1 and second["removed_stale"] == 1
     assert victim.read_bytes() == (BUNDLED / "images" / victim.name).read_bytes()
     assert len(read_metadata(raw / "Data_Entry_2017.csv")) == 557
+
+
+def test_fetch_writes_the_manifest_md5sum_checks(tmp_path):
+    raw = tmp_path / "raw"
+    fetch("sample", raw, BUNDLED)
+    images = sorted((raw / "images").iterdir())
+    lines = (raw / "images.md5").read_text().splitlines()
+    assert lines == [f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.name}" for p in images] and len(lines) == 557
+    # coreutils reads it as its own format
+    check = subprocess.run(["md5sum", "--check", "--quiet", "../images.md5"], cwd=raw / "images")
+    assert check.returncode == 0
+    assert manifest_names(raw) == [p.name for p in images]
+    images[0].unlink()   # the folder changed: the next fetch restores it and writes the manifest again
+    (raw / "images" / "stale.png").write_bytes(b"from another source")
+    fetch("sample", raw, BUNDLED)
+    assert (raw / "images.md5").read_text().splitlines() == lines
+
+
+def test_a_bad_manifest_is_one_line_naming_it(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    with pytest.raises(DownloadError, match=r"raw/images.md5: not found; the download stage writes it"):
+        manifest_names(raw)
+    (raw / "images.md5").write_text("")
+    with pytest.raises(DownloadError, match=r"raw/images.md5: lists no images"):
+        manifest_names(raw)
+    (raw / "images.md5").write_text(f"{'0' * 32}  a.png\nnot a line\n")
+    with pytest.raises(DownloadError, match=r"raw/images.md5:2: expected '<32 hex digits md5>  <image file name>', "
+                                            r"got 'not a line'"):
+        manifest_names(raw)
+    (raw / "images.md5").write_text(f"{'0' * 32}  a.png\n{'1' * 32}  b.png\n")
+    (raw / "images" / "b.png").write_bytes(b"")
+    with pytest.raises(DownloadError, match=r"raw/images/a.png: listed in .*raw/images.md5 but missing \(1 of 2 "
+                                            r"missing\); run the download stage again"):
+        manifest_names(raw)
 
 
 def test_kaggle_download_through_the_api(tmp_path, kaggle_sample_archive):

@@ -1,7 +1,8 @@
 """Data sources: the bundled real sample (offline) and Kaggle's NIH datasets.
 
 Every source produces the same thing: ``<raw>/images/`` (flat, one PNG per
-image) and ``<raw>/Data_Entry_2017.csv`` (normalized metadata). Fetching is
+image), ``<raw>/images.md5`` (the manifest: every image's md5 and name) and
+``<raw>/Data_Entry_2017.csv`` (normalized metadata). Fetching is
 resumable: an image already present with the expected size is not fetched
 again, and each file lands by rename, so a partial file is never taken for a
 complete one. Images from a previous source that the current one lacks are
@@ -9,11 +10,14 @@ removed, so ``images/`` is always exactly the chosen source.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import zipfile
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +25,7 @@ import pandas as pd
 from cxr.data.metadata import normalize_metadata, read_metadata
 from cxr.errors import CxrError, first_line
 from cxr.outputs import atomic_path, write_csv
-from cxr.paths import METADATA_FILE
+from cxr.paths import MANIFEST_FILE, METADATA_FILE
 
 KAGGLE_DATASETS = {"kaggle-sample": "nih-chest-xrays/sample", "kaggle-full": "nih-chest-xrays/data"}
 # What the metadata is called inside each Kaggle archive.
@@ -175,15 +179,70 @@ def fetch_kaggle(dataset: str, raw_dir: str | os.PathLike, api=None, credentials
 
 
 def fetch(source: str, raw_dir: str | os.PathLike, bundled_dir: str | os.PathLike, api=None) -> dict:
-    """Fetch ``source`` (``sample``, ``kaggle-sample`` or ``kaggle-full``) into ``raw_dir``."""
+    """Fetch ``source`` (``sample``, ``kaggle-sample`` or ``kaggle-full``) into ``raw_dir``, then
+    write its manifest."""
     if source == "sample":
-        return fetch_bundled(bundled_dir, raw_dir)
-    if source in KAGGLE_DATASETS:
-        return fetch_kaggle(KAGGLE_DATASETS[source], raw_dir, api=api)
-    raise DownloadError(f"unknown data.source {source!r}; expected sample, {', '.join(KAGGLE_DATASETS)}")
+        report = fetch_bundled(bundled_dir, raw_dir)
+    elif source in KAGGLE_DATASETS:
+        report = fetch_kaggle(KAGGLE_DATASETS[source], raw_dir, api=api)
+    else:
+        raise DownloadError(f"unknown data.source {source!r}; expected sample, {', '.join(KAGGLE_DATASETS)}")
+    write_manifest(raw_dir)
+    return report
 
 
-def image_names(images_dir: str | os.PathLike) -> list[str]:
+def _image_names(images_dir: str | os.PathLike) -> list[str]:
     """Names of the image files in a raw images folder, sorted."""
     return sorted(p.name for p in Path(images_dir).iterdir() if p.is_file() and not p.name.startswith("."))
 
+
+
+def _md5(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
+def write_manifest(raw_dir: str | os.PathLike, workers: int | None = None) -> Path:
+    """Write ``raw_dir/images.md5``: the md5 and name of every image in ``raw_dir/images``, in
+    ``md5sum``'s format (``cd data/raw/images && md5sum -c ../images.md5`` checks it).
+
+    The stages that read the images depend on this file instead of on the folder: DVC then
+    walks the 112,120 files of the full dataset once per command (download's output) instead
+    of once more per stage, and a changed image still changes the file. Hashing reads every
+    image once (threads: hashlib releases the GIL).
+    """
+    raw_dir = Path(raw_dir)
+    names = _image_names(raw_dir / "images")
+    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+        digests = pool.map(_md5, (raw_dir / "images" / n for n in names), chunksize=64)
+        lines = [f"{d}  {n}\n" for d, n in zip(digests, names)]
+    dest = raw_dir / MANIFEST_FILE
+    with atomic_path(dest) as tmp:
+        tmp.write_text("".join(lines))
+    return dest
+
+
+_MANIFEST_LINE = re.compile(r"[0-9a-f]{32}  ([^/\n]+)")
+
+
+def manifest_names(raw_dir: str | os.PathLike) -> list[str]:
+    """The image names in ``raw_dir``'s manifest, checked: every line ``<md5>  <name>``, every
+    image present in ``raw_dir/images``."""
+    raw_dir = Path(raw_dir)
+    manifest = raw_dir / MANIFEST_FILE
+    if not manifest.is_file():
+        raise DownloadError(f"{manifest}: not found; the download stage writes it (dvc repro download)")
+    names = []
+    for number, line in enumerate(manifest.read_text().splitlines(), 1):
+        match = _MANIFEST_LINE.fullmatch(line)
+        if not match:
+            raise DownloadError(f"{manifest}:{number}: expected '<32 hex digits md5>  <image file name>', "
+                                f"got {line[:80]!r}")
+        names.append(match.group(1))
+    if not names:
+        raise DownloadError(f"{manifest}: lists no images")
+    missing = [n for n in names if not (raw_dir / "images" / n).is_file()]
+    if missing:
+        raise DownloadError(f"{raw_dir / 'images' / missing[0]}: listed in {manifest} but missing "
+                            f"({len(missing)} of {len(names)} missing); run the download stage again")
+    return names
