@@ -1,15 +1,42 @@
 """The DVC pipeline end to end in a temporary copy of the project."""
+import io
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 
 from conftest import edit_params, run, tiny_params
 
 
 def _stages_run(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def _other_pixels_same_size(path: Path) -> None:
+    """Rewrite a PNG with its top-left quarter black, padded by a text chunk to its old byte size: the
+    download stage keeps an image of the expected size (as a resumed download does), so only its md5
+    tells the change."""
+    old = path.read_bytes()
+    image = Image.open(path).convert("L")
+    image.paste(0, (0, 0, image.width // 2, image.height // 2))
+    buf = io.BytesIO()
+    image.save(buf, "PNG", optimize=True)
+    new = buf.getvalue()
+    text = b"pad\0" + b" " * (len(old) - len(new) - 12 - 4)
+    chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(">I", zlib.crc32(b"tEXt" + text))
+    path.write_bytes(new[:-12] + chunk + new[-12:])   # before IEND (its 12 bytes)
+    assert len(path.read_bytes()) == len(old)
+
+
+def _cache_row(project: Path, name: str) -> np.ndarray:
+    index = pd.read_csv(project / "data" / "cache" / "index.csv")
+    row = int(index.loc[index["Image Index"] == name, "row"].iloc[0])
+    return np.array(np.load(project / "data" / "cache" / "images.npy", mmap_mode="r")[row])
 
 
 def test_data_stages_end_to_end(project):
@@ -29,6 +56,18 @@ def test_data_stages_end_to_end(project):
 
     edit_params(project, lambda p: p["split"].update(seed=p["split"]["seed"] + 1))
     assert _stages_run(run(["dvc", "repro", "resize", "split"], project).stdout) == ["split"]
+
+    # relabel and resize depend on download's manifest, not on the image folder: changed pixels
+    # still reach the cache (and the unchanged labels stop the rerun before split).
+    image = sorted((project / "data" / "raw" / "images").iterdir())[5]
+    before, manifest = _cache_row(project, image.name), (project / "data" / "raw" / "images.md5").read_text()
+    _other_pixels_same_size(image)
+    assert set(_stages_run(run(["dvc", "repro", "resize", "split"], project).stdout)) == {"download", "relabel", "resize"}
+    changed = set(manifest.splitlines()) ^ set((project / "data" / "raw" / "images.md5").read_text().splitlines())
+    assert {line.split("  ")[1] for line in changed} == {image.name} and len(changed) == 2
+    after, half = _cache_row(project, image.name), before.shape[0] // 2
+    assert after[:half - 1, :half - 1].max() == 0 < before[:half - 1, :half - 1].max()
+    assert np.array_equal(after[half + 1:], before[half + 1:])
 
 
 def test_bad_param_stops_stage_with_one_line(project):
