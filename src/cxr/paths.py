@@ -8,7 +8,6 @@ from __future__ import annotations
 RAW = "data/raw"                                   # download's output: images/ + metadata CSV
 RAW_IMAGES = f"{RAW}/images"
 MANIFEST_FILE = "images.md5"                       # every raw image's md5 and name (md5sum's format)
-RAW_MANIFEST = f"{RAW}/{MANIFEST_FILE}"            # what relabel and resize depend on, not the folder
 METADATA_FILE = "Data_Entry_2017.csv"            # NIH's name, also inside Kaggle's archives
 RAW_METADATA = f"{RAW}/{METADATA_FILE}"
 BUNDLED = "data/sample"                            # the real NIH sample shipped with the project

@@ -197,7 +197,6 @@ def _image_names(images_dir: str | os.PathLike) -> list[str]:
     return sorted(p.name for p in Path(images_dir).iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-
 def _md5_lines(images_dir: Path, names: list[str]) -> str:
     lines = []
     for name in names:
@@ -206,7 +205,7 @@ def _md5_lines(images_dir: Path, names: list[str]) -> str:
     return "".join(lines)
 
 
-def write_manifest(raw_dir: str | os.PathLike, workers: int | None = None) -> Path:
+def write_manifest(raw_dir: str | os.PathLike) -> Path:
     """Write ``raw_dir/images.md5``: the md5 and name of every image in ``raw_dir/images``, in
     ``md5sum``'s format (``cd data/raw/images && md5sum -c ../images.md5`` checks it).
 
@@ -214,12 +213,12 @@ def write_manifest(raw_dir: str | os.PathLike, workers: int | None = None) -> Pa
     walks the 112,120 files of the full dataset once per command (download's output) instead
     of once more per stage, and a changed image still changes the file. Hashing reads every
     image once (threads: hashlib releases the GIL), in tasks of many images: one task per image
-    held ~200 MB of futures at 112,120 images.
+    held ~230 MB of futures at 112,120 images.
     """
     raw_dir = Path(raw_dir)
     names = _image_names(raw_dir / "images")
     tasks = [names[start:start + 1000] for start in range(0, len(names), 1000)]
-    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
         text = "".join(pool.map(partial(_md5_lines, raw_dir / "images"), tasks))
     dest = raw_dir / MANIFEST_FILE
     with atomic_path(dest) as tmp:
