@@ -166,8 +166,8 @@ def test_mlflow_holds_the_data_each_variant_its_train_evaluate_export_and_the_re
     assert version.tags["dvc.lock.model_md5"] == model_out["md5"] and version.tags["dvc.stage"] == "train@cnn"
     assert len(version.tags["dvc.lock.stage_sha256"]) == 64
     info = mlflow.models.get_model_info(f"models:/cnn/{version.version}")
-    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 32, 32, 1]
-    assert info.saved_input_example_info is not None
+    signature = (*info.signature.inputs.to_dict(), *info.signature.outputs.to_dict())
+    assert [list(spec["tensor-spec"]["shape"]) for spec in signature] == [[-1, 32, 32, 1], [-1, 14]]
     assert cnn.data.tags["cxr.model_sha256"] == file_sha256([tiny_project / "models" / "cnn" / "model.keras"])
 
 
