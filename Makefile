@@ -82,8 +82,9 @@ recipe: install
 	$(BIN)/cxr recipe $(NAME) $(foreach s,$(SET),--set $(s))
 
 # The backbone sweep: one queued DVC experiment per network family (recipes/sweep.yaml), started in
-# the background (`dvc queue status` watches; `dvc exp show --sort-by metrics/eval/candidate.json:abnormal.auroc`
-# ranks). SET as for recipe, e.g. SET="models.candidate.weights=imagenet" where the internet is reachable.
+# the background (`dvc queue status` watches; `dvc exp show --sort-by
+# metrics/train/candidate.json:val_decision_auroc` ranks them on validation). SET as for recipe, e.g.
+# SET="models.candidate.weights=imagenet" where the internet is reachable.
 sweep: install
 	$(BIN)/cxr sweep $(foreach s,$(SET),--set $(s))
 	$(BIN)/dvc queue start

@@ -112,7 +112,6 @@ def _recipe(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from cxr.data.labels import decision_names
     from cxr.recipes import SWEEP, SWEEP_VARIANT, RecipeError, load_recipe, recipe_overrides, sweep_recipes
     params = _workspace_params()
     recipes, too_small = sweep_recipes(load_recipe(SWEEP), params["image"]["size"])
@@ -128,12 +127,11 @@ def _sweep(args: argparse.Namespace) -> int:
                              queue=True, stages=args.stage)
         if status:
             return status
-    decision = decision_names(params["labels"]["task"], params["labels"]["target"])[0]
     print(f"cxr sweep: queued {len(recipes)} experiments ({', '.join(recipes)})"
           + (f"; left out, too large for image.size {params['image']['size']}: {', '.join(too_small)}"
              if too_small else "")
-          + f". Run them: dvc queue start; rank them: dvc exp show --sort-by "
-            f"metrics/eval/{SWEEP_VARIANT}.json:{decision}.auroc")
+          + ". Run them: dvc queue start; rank them on validation (the test split stays out of the choice): "
+            f"dvc exp show --sort-by metrics/train/{SWEEP_VARIANT}.json:val_decision_auroc")
     return 0
 
 
