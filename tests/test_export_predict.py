@@ -1,7 +1,11 @@
 """Exports equal the Keras model; `cxr predict` on PNG, JPEG, DICOM and folders."""
+import contextlib
+import io
 import json
+import os
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -108,8 +112,21 @@ def test_coreml_export_of_one_model_is_byte_identical_across_processes(tiny_proj
     assert CONVERSION_DATE_KEY not in metadata.userDefined and "classes" in metadata.userDefined
 
 
-def _predict(project, *args):
-    return run(["cxr", "predict", *args], project, check=False)
+def _predict(project, *args) -> subprocess.CompletedProcess:
+    """`cxr predict` in this test process, from the project's folder: its exit status, stdout and stderr.
+    TensorFlow loads once here, not once per call (~4 s of CPU each); the installed command runs as a
+    process of its own in test_pipeline and test_hardening."""
+    from cxr.cli import main
+    out, err, cwd = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(project)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main(["predict", *args])
+    except SystemExit as e:
+        status = e.code
+    finally:
+        os.chdir(cwd)
+    return subprocess.CompletedProcess(["cxr", "predict", *args], status, out.getvalue(), err.getvalue())
 
 
 def test_predict_png_jpeg_dicom_and_folder(tiny_project, tmp_path):

@@ -261,8 +261,14 @@ def test_check_repro_judges_each_metric_against_the_committed_interval(tiny_copy
 def test_changed_evaluate_param_reruns_only_what_uses_it_and_shows_in_pr_report(tiny_copy):
     # (A param of evaluate's alone reruns no export: the second-clone test changes evaluate.bootstrap.)
     edit_params(tiny_copy, lambda p: p["evaluate"].update(threshold="youden"))   # also each format's threshold
-    ran = _stages_run(run(["dvc", "repro"], tiny_copy).stdout)
-    assert sorted(ran) == ["evaluate@cnn", "evaluate@mobilenet", "export@cnn", "export@mobilenet", "report"]
+    # The stages that read it, and only those (report follows the evaluations' outputs, as any stage
+    # follows its deps: the other tests here rerun whole chains).
+    changed = json.loads(run(["dvc", "status", "--json"], tiny_copy).stdout)
+    assert changed == {**{f"evaluate@{v}": [{"changed deps": {"params.yaml": {"evaluate": "modified"}}}]
+                          for v in ("cnn", "mobilenet")},
+                       **{f"export@{v}": [{"changed deps": {"params.yaml": {"evaluate.threshold": "modified"}}}]
+                          for v in ("cnn", "mobilenet")}}
+    assert _stages_run(run(["dvc", "repro", "evaluate@cnn"], tiny_copy).stdout) == ["evaluate@cnn"]
     report = run(["cxr", "pr-report", "--base", "HEAD"], tiny_copy).stdout
     assert "evaluate.threshold" in report and "fbeta" in report and "youden" in report
     assert "abnormal.threshold_method" in report or "abnormal.at_threshold" in report
@@ -270,10 +276,13 @@ def test_changed_evaluate_param_reruns_only_what_uses_it_and_shows_in_pr_report(
 
 def test_changed_variant_param_reruns_only_that_variant(tiny_copy):
     edit_params(tiny_copy, lambda p: p["models"]["cnn"]["head"].update(dropout=0.3))
-    ran = _stages_run(run(["dvc", "repro"], tiny_copy).stdout)
-    # features@cnn reads the variant's whole section (a linear variant has no `weights` key to name alone);
-    # it finds nothing to compute and leaves its output as it was.
-    assert sorted(ran) == ["evaluate@cnn", "export@cnn", "features@cnn", "report", "train@cnn"]
+    # The stages that read it: evaluate@cnn and export@cnn follow train@cnn's model, as the other tests
+    # here show by rerunning chains. features@cnn reads the variant's whole section (a linear variant
+    # has no `weights` key to name alone); report compares every variant's params with the seed study's.
+    changed = json.loads(run(["dvc", "status", "--json"], tiny_copy).stdout)
+    assert changed == {"features@cnn": [{"changed deps": {"params.yaml": {"models.cnn": "modified"}}}],
+                       "train@cnn": [{"changed deps": {"params.yaml": {"models.cnn": "modified"}}}],
+                       "report": [{"changed deps": {"params.yaml": {"models": "modified"}}}]}
 
 
 def test_adding_the_linear_variant_runs_only_its_stages_and_it_goes_everywhere_a_network_goes(tiny_copy):
