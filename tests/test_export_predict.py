@@ -2,7 +2,6 @@
 import contextlib
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -117,15 +116,12 @@ def _predict(project, *args) -> subprocess.CompletedProcess:
     TensorFlow loads once here, not once per call (~4 s of CPU each); the installed command runs as a
     process of its own in test_pipeline and test_hardening."""
     from cxr.cli import main
-    out, err, cwd = io.StringIO(), io.StringIO(), os.getcwd()
-    os.chdir(project)
+    out, err = io.StringIO(), io.StringIO()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.chdir(project), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             main(["predict", *args])
     except SystemExit as e:
         status = e.code
-    finally:
-        os.chdir(cwd)
     return subprocess.CompletedProcess(["cxr", "predict", *args], status, out.getvalue(), err.getvalue())
 
 

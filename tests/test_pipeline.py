@@ -258,16 +258,23 @@ def test_check_repro_judges_each_metric_against_the_committed_interval(tiny_copy
     assert "| within noise | `metrics/eval/cnn.json` | `abnormal.auroc` |" in report
 
 
+def _status(project) -> dict:
+    """`dvc status --json`: the stages a change reaches, each with what changed."""
+    return json.loads(run(["dvc", "status", "--json"], project).stdout)
+
+
+def _params_changed(param: str) -> list[dict]:
+    """What `dvc status --json` says of a stage whose only change is this param."""
+    return [{"changed deps": {"params.yaml": {param: "modified"}}}]
+
+
 def test_changed_evaluate_param_reruns_only_what_uses_it_and_shows_in_pr_report(tiny_copy):
     # (A param of evaluate's alone reruns no export: the second-clone test changes evaluate.bootstrap.)
     edit_params(tiny_copy, lambda p: p["evaluate"].update(threshold="youden"))   # also each format's threshold
     # The stages that read it, and only those (report follows the evaluations' outputs, as any stage
     # follows its deps: the other tests here rerun whole chains).
-    changed = json.loads(run(["dvc", "status", "--json"], tiny_copy).stdout)
-    assert changed == {**{f"evaluate@{v}": [{"changed deps": {"params.yaml": {"evaluate": "modified"}}}]
-                          for v in ("cnn", "mobilenet")},
-                       **{f"export@{v}": [{"changed deps": {"params.yaml": {"evaluate.threshold": "modified"}}}]
-                          for v in ("cnn", "mobilenet")}}
+    assert _status(tiny_copy) == {f"{stage}@{v}": _params_changed(param) for v in ("cnn", "mobilenet")
+                                  for stage, param in (("evaluate", "evaluate"), ("export", "evaluate.threshold"))}
     assert _stages_run(run(["dvc", "repro", "evaluate@cnn"], tiny_copy).stdout) == ["evaluate@cnn"]
     report = run(["cxr", "pr-report", "--base", "HEAD"], tiny_copy).stdout
     assert "evaluate.threshold" in report and "fbeta" in report and "youden" in report
@@ -279,10 +286,8 @@ def test_changed_variant_param_reruns_only_that_variant(tiny_copy):
     # The stages that read it: evaluate@cnn and export@cnn follow train@cnn's model, as the other tests
     # here show by rerunning chains. features@cnn reads the variant's whole section (a linear variant
     # has no `weights` key to name alone); report compares every variant's params with the seed study's.
-    changed = json.loads(run(["dvc", "status", "--json"], tiny_copy).stdout)
-    assert changed == {"features@cnn": [{"changed deps": {"params.yaml": {"models.cnn": "modified"}}}],
-                       "train@cnn": [{"changed deps": {"params.yaml": {"models.cnn": "modified"}}}],
-                       "report": [{"changed deps": {"params.yaml": {"models": "modified"}}}]}
+    assert _status(tiny_copy) == {"features@cnn": _params_changed("models.cnn"),
+                                  "train@cnn": _params_changed("models.cnn"), "report": _params_changed("models")}
 
 
 def test_adding_the_linear_variant_runs_only_its_stages_and_it_goes_everywhere_a_network_goes(tiny_copy):
