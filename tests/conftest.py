@@ -1,7 +1,9 @@
 """Shared fixtures: the project root, the bundled real NIH data, temp project copies."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import json
 import os
 import shutil
@@ -71,6 +73,20 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None, 
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def predict_in_process(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """`cxr predict` in this test process, from the project's folder: its exit status, stdout and stderr.
+    TensorFlow loads once per test process, not once per call (~4 s of CPU each); the installed command
+    runs as a process of its own in test_pipeline and test_hardening."""
+    from cxr.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.chdir(project), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main(["predict", *args])
+    except SystemExit as e:   # main always ends so
+        status = e.code
+    return subprocess.CompletedProcess(["cxr", "predict", *args], status, out.getvalue(), err.getvalue())
 
 
 def run_queued_experiments(project: Path, jobs: int = 1, env: dict | None = None) -> None:

@@ -1,6 +1,4 @@
 """Exports equal the Keras model; `cxr predict` on PNG, JPEG, DICOM and folders."""
-import contextlib
-import io
 import json
 import re
 import shutil
@@ -11,7 +9,7 @@ import pytest
 from PIL import Image
 
 import hostile
-from conftest import BUNDLED, project_env, run
+from conftest import BUNDLED, predict_in_process, project_env, run
 from test_dicom import xray_as_dicom
 
 
@@ -93,7 +91,6 @@ export_coreml(load_model(sys.argv[1]), sys.argv[2], FINDINGS, "same model, same 
 
 def test_coreml_export_of_one_model_is_byte_identical_across_processes(tiny_project, tmp_path):
     # A fresh clone's `dvc repro` re-exports; the bundle (and dvc.lock) must not change.
-    import subprocess
     import sys
     from cxr.bundle import file_hashes
     model = tiny_project / "models" / "cnn" / "model.keras"
@@ -111,20 +108,6 @@ def test_coreml_export_of_one_model_is_byte_identical_across_processes(tiny_proj
     assert CONVERSION_DATE_KEY not in metadata.userDefined and "classes" in metadata.userDefined
 
 
-def _predict(project, *args) -> subprocess.CompletedProcess:
-    """`cxr predict` in this test process, from the project's folder: its exit status, stdout and stderr.
-    TensorFlow loads once here, not once per call (~4 s of CPU each); the installed command runs as a
-    process of its own in test_pipeline and test_hardening."""
-    from cxr.cli import main
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.chdir(project), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main(["predict", *args])
-    except SystemExit as e:
-        status = e.code
-    return subprocess.CompletedProcess(["cxr", "predict", *args], status, out.getvalue(), err.getvalue())
-
-
 def test_predict_png_jpeg_dicom_and_folder(tiny_project, tmp_path):
     images = sorted((BUNDLED / "images").glob("*.png"))
     jpeg = tmp_path / "inputs" / "xray.jpg"
@@ -132,7 +115,7 @@ def test_predict_png_jpeg_dicom_and_folder(tiny_project, tmp_path):
     Image.open(images[0]).save(jpeg, quality=92)
     (tmp_path / "inputs" / "nested").mkdir()
     xray_as_dicom(images[1], tmp_path / "inputs" / "nested" / "xray.dcm", monochrome1=True)
-    proc = _predict(tiny_project, str(images[2]), str(tmp_path / "inputs"), "--json")
+    proc = predict_in_process(tiny_project, str(images[2]), str(tmp_path / "inputs"), "--json")
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["image"].rsplit("/", 1)[-1] for r in results] == [images[2].name, "xray.dcm", "xray.jpg"]
@@ -184,8 +167,8 @@ def test_report_flags_a_collapsed_variant_in_bold(tiny_project):
 
 def test_predict_with_tflite_matches_keras(tiny_project):
     image = str(sorted((BUNDLED / "images").glob("*.png"))[5])
-    keras_out = json.loads(_predict(tiny_project, image, "--json", "--model", "models/cnn").stdout)
-    lite_out = json.loads(_predict(tiny_project, image, "--json", "--model",
+    keras_out = json.loads(predict_in_process(tiny_project, image, "--json", "--model", "models/cnn").stdout)
+    lite_out = json.loads(predict_in_process(tiny_project, image, "--json", "--model",
                                    "models/cnn/export/model_fp32.tflite").stdout)
     assert lite_out["model"] == "cnn (model_fp32.tflite)"
     assert lite_out["abnormal_score"] == pytest.approx(keras_out["abnormal_score"], abs=1e-4)
@@ -200,7 +183,7 @@ def test_predict_bad_inputs_are_one_line_each_and_others_still_predicted(tiny_pr
     (tmp_path / "notes.png").write_text("not an image")
     (tmp_path / "slope.dcm").write_bytes(hostile.dicom_text_slope(np.full((64, 64), 900)))
     (tmp_path / "figure.jpg").write_bytes(hostile.EPS)   # tried Ghostscript before
-    proc = _predict(tiny_project, str(tmp_path / "empty.png"), str(tmp_path / "slope.dcm"), good,
+    proc = predict_in_process(tiny_project, str(tmp_path / "empty.png"), str(tmp_path / "slope.dcm"), good,
                     str(tmp_path / "notes.png"), str(tmp_path / "missing.png"), str(tmp_path / "figure.jpg"), "--json")
     assert proc.returncode == 1
     assert [json.loads(line)["image"] for line in proc.stdout.splitlines()] == [good]
@@ -230,7 +213,7 @@ def test_truncated_or_altered_model_file_is_one_line(tiny_project, tmp_path, mod
         manifest = json.loads((copy / "manifest.json").read_text())
         (copy / "manifest.json").write_text(json.dumps({**manifest, "files": file_hashes(copy)}))
     good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
-    proc = _predict(tiny_project, good, "--model", str(copy / model_file))
+    proc = predict_in_process(tiny_project, good, "--model", str(copy / model_file))
     assert proc.returncode == 1 and proc.stdout == ""
     [line] = proc.stderr.strip().splitlines()
     assert re.match(r"cxr predict: .*" + expected, line), line
@@ -243,7 +226,7 @@ def test_truncated_or_altered_model_file_is_one_line(tiny_project, tmp_path, mod
 ])
 def test_predict_reads_only_a_bundle(tiny_project, model, expected):
     good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
-    proc = _predict(tiny_project, good, "--model", model)
+    proc = predict_in_process(tiny_project, good, "--model", model)
     assert proc.returncode == 1 and proc.stderr.startswith(f"cxr predict: {expected}"), proc.stderr
 
 
@@ -294,7 +277,7 @@ def test_manifest_describes_the_bundle_and_each_threshold_is_its_formats_own(tin
 
 def test_predict_table_and_heatmap(tiny_project, tmp_path):
     good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
-    proc = _predict(tiny_project, good, "--model", "models/mobilenet", "--heatmap", str(tmp_path / "heat"))
+    proc = predict_in_process(tiny_project, good, "--model", "models/mobilenet", "--heatmap", str(tmp_path / "heat"))
     assert proc.returncode == 0, proc.stderr
     assert "abnormal score" in proc.stdout and "Pleural_Thickening" in proc.stdout
     [overlay] = list((tmp_path / "heat").iterdir())
@@ -302,43 +285,9 @@ def test_predict_table_and_heatmap(tiny_project, tmp_path):
 
 
 def test_predict_unknown_model_is_one_line(tiny_project):
-    proc = _predict(tiny_project, "x.png", "--model", "models/nope")
+    proc = predict_in_process(tiny_project, "x.png", "--model", "models/nope")
     assert proc.returncode == 1
     assert proc.stderr.strip() == "cxr predict: models/nope: no such model file"
-
-
-def test_a_binary_task_names_its_target_everywhere(tiny_copy):
-    """labels.task: binary, target Infiltration: metrics, plots, bundle, Core ML classifier, predict."""
-    import pandas as pd
-    import yaml
-    from cxr.export import coreml_spec_summary
-    from cxr.report import summary_markdown
-    project = tiny_copy
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["labels"].update(task="binary", target="Infiltration")
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["dvc", "repro", "evaluate@cnn", "export@cnn"], project)
-    evaluation = json.loads((project / "metrics" / "eval" / "cnn.json").read_text())
-    assert evaluation["decision"] == "Infiltration" and "abnormal" not in evaluation
-    assert list(evaluation["per_class"]) == ["Infiltration"]
-    assert evaluation["Infiltration"]["baselines"]["always_positive"]["sensitivity"] == 1.0
-    confusion = pd.read_csv(project / "reports" / "cnn" / "plots" / "confusion.csv")
-    assert set(confusion["actual"]) == {"Infiltration", "no Infiltration"}
-    assert "## Infiltration vs no Infiltration" in summary_markdown({"cnn": evaluation}, {}, {}, {
-        "source": "sample", "images": 557, "patients": 555, "split": "patient", "test_images": 114, "size": 32})
-    manifest = json.loads((project / "models" / "cnn" / "export" / "manifest.json").read_text())
-    assert manifest["task"] == "binary" and manifest["targets"] == ["Infiltration"]
-    assert manifest["decision"]["positive"] == "Infiltration" and manifest["decision"]["negative"] == "no Infiltration"
-    spec = coreml_spec_summary(project / "models" / "cnn" / "export" / "model.mlpackage")
-    assert spec["outputs"] == ["classLabel", "probabilities"]
-    assert spec["class_labels"] == ["no Infiltration", "Infiltration"]
-    good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
-    table = _predict(project, good, "--model", "models/cnn").stdout
-    assert re.search(r"Infiltration score \d\.\d{3}: (INFILTRATION|no Infiltration) \(threshold", table), table
-    assert "abnormal" not in table
-    result = json.loads(_predict(project, good, "--json", "--model", "models/cnn").stdout)
-    assert result["decision"] == "Infiltration" and result["Infiltration"] == (
-        result["Infiltration_score"] >= result["threshold"]) and "abnormal" not in result
 
 
 def test_a_multiclass_task_is_one_softmax_from_labels_to_core_ml(tiny_copy):
@@ -381,6 +330,6 @@ def test_a_multiclass_task_is_one_softmax_from_labels_to_core_ml(tiny_copy):
     spec = coreml_spec_summary(project / "models" / "cnn" / "export" / "model.mlpackage")
     assert spec["outputs"] == ["classLabel", "probabilities"] and spec["class_labels"] == classes
     good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
-    result = json.loads(_predict(project, good, "--json", "--model", "models/cnn").stdout)
+    result = json.loads(predict_in_process(project, good, "--json", "--model", "models/cnn").stdout)
     assert result["decision"] == "abnormal" and set(result["findings"]) == set(classes)
     assert result["abnormal_score"] == pytest.approx(1 - result["findings"]["No Finding"], abs=2e-6)

@@ -1,10 +1,11 @@
 """Recipes: each earlier project's setup as a params override, run as a DVC experiment."""
 import json
+import re
 
 import pytest
 import yaml
 
-from conftest import ROOT, edit_params, run, run_queued_experiments, tiny_params
+from conftest import BUNDLED, ROOT, edit_params, predict_in_process, run, run_queued_experiments, tiny_params
 from cxr.params import parse_params
 from cxr.recipes import (SWEEP, SWEEP_VARIANT, RecipeError, apply_recipe, load_recipe, recipe_names, recipe_overrides,
                          sweep_recipes)
@@ -53,12 +54,11 @@ def test_a_bad_recipe_fails_before_dvc_runs_naming_the_recipe_and_key(tmp_path):
 
 
 def _small(name: str) -> list[str]:
-    """Overrides that make a recipe quick: 32 px, one epoch of one batch, random weights, no heatmaps, the
-    bundle without TFLite or Core ML files (both are tested on the tiny project). Every backbone stays
-    frozen for that epoch, which then runs on stored features: the first training step through a whole
-    DenseNet-121 alone took 96 s here (the tiny project's mobilenet trains all of a backbone's layers)."""
-    out = ["image.size=32", "train.batch_size=64", "train.steps_per_epoch=1", "evaluate.bootstrap=20",
-           "evaluate.heatmaps=0", "export.tflite=[]", "export.coreml=false"]
+    """Overrides that make a queued recipe quick up to train: 32 px, one epoch of one batch, random weights.
+    Every backbone stays frozen for that epoch, which then runs on stored features: the first training
+    step through a whole DenseNet-121 alone took 96 s here (the tiny project's mobilenet trains all of a
+    backbone's layers)."""
+    out = ["image.size=32", "train.batch_size=64", "train.steps_per_epoch=1"]
     for variant in load_recipe(name, ROOT)["models"]:
         out += [f"models.{variant}.epochs=1", f"models.{variant}.weights=null", f"models.{variant}.freeze_epochs=1"]
     return out
@@ -70,41 +70,6 @@ def _experiments(project, sort_by: str | None = None) -> dict[str, dict]:
                            project).stdout)
     return {rev["name"]: {path: m["data"] for path, m in rev["data"]["metrics"].items() if "data" in m}
             for baseline in shown for exp in baseline.get("experiments") or [] for rev in exp["revs"]}
-
-
-def test_every_recipe_runs_as_a_dvc_experiment(project):
-    edit_params(project, tiny_params)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "baseline"], project)
-    # As `make recipe` does: in the workspace, which then holds the recipe's params and results.
-    run(["cxr", "recipe", "ios_app", *[a for s in _small("ios_app") for a in ("--set", s)]], project)
-    trained = json.loads((project / "metrics" / "train" / "cnn.json").read_text())["train_images"]
-    split = json.loads((project / "metrics" / "split.json").read_text())["train"]
-    infiltration = split["positives"]["Infiltration"]   # undersampled: as many negatives as positives
-    assert trained == 2 * min(infiltration, split["images"] - infiltration)
-    assert "| cnn |" in (project / "reports" / "summary.md").read_text()
-    proc = run(["cxr", "recipe", "triage"], project, check=False)
-    assert proc.returncode == 1 and proc.stderr.strip() == (
-        "cxr recipe: params.yaml: differs from HEAD (an earlier recipe's changes?); commit it or run "
-        "`git checkout params.yaml` first")
-    run(["git", "checkout", "params.yaml"], project)
-    # The others queued and run two at a time, as `dvc queue start -j 2` would, through train: relabel with
-    # the recipe's targets, its networks fitted. Evaluate, export and report do not depend on the recipe
-    # (ios_app above ran them; the tiny project's binary and multiclass tasks test them at length).
-    for name in sorted(RECIPES - {"ios_app"}):
-        run(["cxr", "recipe", name, "--queue", "--stage", "train", *[a for s in _small(name) for a in ("--set", s)]],
-            project)
-    run_queued_experiments(project, jobs=2)
-    experiments = _experiments(project)
-    assert set(experiments) == RECIPES
-    for name, metrics in experiments.items():
-        recipe = load_recipe(name, ROOT)
-        labels = parse_params(apply_recipe(PARAMS, recipe)).labels
-        relabel = metrics["metrics/labels.json"]
-        assert relabel["task"] == labels.task and set(relabel["targets"]) == set(labels.targets)
-        for variant in recipe["models"]:   # trained on them, and scored on the recipe's decision
-            trained = metrics[f"metrics/train/{variant}.json"]
-            assert trained["epochs_run"] == 1 and 0 <= trained["val_decision_auroc"] <= 1
 
 
 def test_the_sweep_has_one_recipe_per_network_family_that_fits_the_image_size():
@@ -120,10 +85,76 @@ def test_the_sweep_has_one_recipe_per_network_family_that_fits_the_image_size():
         sweep_recipes({"models": {"a": {}, "b": {}}}, 64)
 
 
-def test_the_sweep_queues_one_experiment_per_family_and_dvc_exp_show_ranks_them(project):
+def test_the_other_recipes_run_queued_as_dvc_experiments(project):
+    """Five recipes queued and run two at a time, as `dvc queue start -j 2` would, through train: relabel
+    with the recipe's targets, its networks fitted. Evaluate, export and report do not depend on the
+    recipe: ios_app runs them in the workspace below, and the tiny project's multiclass task at length."""
     edit_params(project, tiny_params)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline"], project)
+    run(["dvc", "repro", "resize", "split"], project)   # as a user's project holds them: experiments restore
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "data"], project)
+    queued = RECIPES - {"ios_app"}
+    for name in sorted(queued):
+        run(["cxr", "recipe", name, "--queue", "--stage", "train", *[a for s in _small(name) for a in ("--set", s)]],
+            project)
+    run_queued_experiments(project, jobs=2)
+    experiments = _experiments(project)
+    assert set(experiments) == queued
+    for name, metrics in experiments.items():
+        recipe = load_recipe(name, ROOT)
+        labels = parse_params(apply_recipe(PARAMS, recipe)).labels
+        relabel = metrics["metrics/labels.json"]
+        assert relabel["task"] == labels.task and set(relabel["targets"]) == set(labels.targets)
+        for variant in recipe["models"]:   # trained on them, and scored on the recipe's decision
+            trained = metrics[f"metrics/train/{variant}.json"]
+            assert trained["epochs_run"] == 1 and 0 <= trained["val_decision_auroc"] <= 1
+
+
+def test_the_ios_app_recipe_in_the_workspace_is_a_binary_task_named_everywhere(tiny_copy):
+    """`make recipe NAME=ios_app` on the tiny project, every stage: labels.task binary with the target
+    Infiltration, undersampled, cnn alone. Metrics, plots, report, bundle, the Core ML classifier and
+    `cxr predict` name the target; the next recipe refuses to start on its params."""
+    import pandas as pd
+    from cxr.export import coreml_spec_summary
+    project = tiny_copy
+    run(["cxr", "recipe", "ios_app", "--set", "models.cnn.epochs=1"], project)
+    assert set(_experiments(project)) == {"ios_app"}
+    trained = json.loads((project / "metrics" / "train" / "cnn.json").read_text())["train_images"]
+    split = json.loads((project / "metrics" / "split.json").read_text())["train"]
+    infiltration = split["positives"]["Infiltration"]   # undersampled: as many negatives as positives
+    assert trained == 2 * min(infiltration, split["images"] - infiltration)
+    evaluation = json.loads((project / "metrics" / "eval" / "cnn.json").read_text())
+    assert evaluation["decision"] == "Infiltration" and "abnormal" not in evaluation
+    assert list(evaluation["per_class"]) == ["Infiltration"]
+    assert evaluation["Infiltration"]["baselines"]["always_positive"]["sensitivity"] == 1.0
+    confusion = pd.read_csv(project / "reports" / "cnn" / "plots" / "confusion.csv")
+    assert set(confusion["actual"]) == {"Infiltration", "no Infiltration"}
+    summary = (project / "reports" / "summary.md").read_text()
+    assert "## Infiltration vs no Infiltration" in summary and "| cnn |" in summary
+    manifest = json.loads((project / "models" / "cnn" / "export" / "manifest.json").read_text())
+    assert manifest["task"] == "binary" and manifest["targets"] == ["Infiltration"]
+    assert manifest["decision"]["positive"] == "Infiltration" and manifest["decision"]["negative"] == "no Infiltration"
+    spec = coreml_spec_summary(project / "models" / "cnn" / "export" / "model.mlpackage")
+    assert spec["outputs"] == ["classLabel", "probabilities"]
+    assert spec["class_labels"] == ["no Infiltration", "Infiltration"]
+    good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
+    table = predict_in_process(project, good, "--model", "models/cnn").stdout
+    assert re.search(r"Infiltration score \d\.\d{3}: (INFILTRATION|no Infiltration) \(threshold", table), table
+    assert "abnormal" not in table
+    result = json.loads(predict_in_process(project, good, "--json", "--model", "models/cnn").stdout)
+    assert result["decision"] == "Infiltration" and result["Infiltration"] == (
+        result["Infiltration_score"] >= result["threshold"]) and "abnormal" not in result
+
+    proc = run(["cxr", "recipe", "triage"], project, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "cxr recipe: params.yaml: differs from HEAD (an earlier recipe's changes?); commit it or run "
+        "`git checkout params.yaml` first")
+
+
+def test_the_sweep_queues_one_experiment_per_family_and_dvc_exp_show_ranks_them(tiny_copy):
+    project = tiny_copy
     out = run(["cxr", "sweep", "--families", "cnn,mobilenet", "--stage", "train",
                *[a for s in _small(SWEEP) for a in ("--set", s)]], project).stdout
     assert "queued 2 experiments (cnn, mobilenet)" in out

@@ -89,13 +89,11 @@ def _started(server: subprocess.Popen, marker: str, timeout: float) -> list[str]
     return seen
 
 
-def test_a_real_tracking_server_takes_the_training_run_and_its_model(project, tmp_path):
+def test_a_real_tracking_server_takes_the_training_run_and_its_model(tiny_copy, tmp_path):
     """`mlflow server` (SQLite backend, local artifact root) on 127.0.0.1; one training stage logs to it."""
     import mlflow
 
-    from conftest import edit_params, tiny_params
-    edit_params(project, lambda p: (tiny_params(p), p.update(models={"cnn": p["models"]["cnn"]})))
-    run(["dvc", "repro", "resize", "split"], project)
+    project = tiny_copy
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(

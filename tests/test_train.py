@@ -268,16 +268,15 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def test_two_workers_on_localhost_train_one_model_together(project):
+def test_two_workers_on_localhost_train_one_model_together(tiny_copy):
     """train.distribute: multi_worker: two processes (TF_CONFIG) train cnn in step, each on its
     shard; the chief writes the model and the metrics, the other worker writes nothing."""
     import json
 
-    from conftest import edit_params, project_env, run, tiny_params
+    from conftest import edit_params, project_env
 
-    edit_params(project, tiny_params)
+    project = tiny_copy
     edit_params(project, lambda p: p["train"].update(distribute="multi_worker", steps_per_epoch=3, batch_size=16))
-    run(["dvc", "repro", "resize", "split"], project)
     hosts = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     procs = [subprocess.Popen(
         [sys.executable, "stages/train.py", "cnn"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
