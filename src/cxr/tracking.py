@@ -292,10 +292,12 @@ def log_trained_model(mlflow, model, model_path: str | os.PathLike, summary: dic
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
+    def batch_of(tensor) -> Schema:   # float32, any batch size
+        return Schema([TensorSpec(np.dtype(np.float32), (-1, *tensor.shape[1:]))])
+
     # From the shapes, with no input example: MLflow validates an example by reloading the whole model and
     # predicting (7 of a DenseNet-121 training stage's 27 s here), and an all-zero image shows a user nothing.
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *model.inputs[0].shape[1:]))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *model.outputs[0].shape[1:]))]))
+    signature = ModelSignature(inputs=batch_of(model.inputs[0]), outputs=batch_of(model.outputs[0]))
     import keras
     import tensorflow as tf
     # Pinned here: MLflow's own requirement inference reloads the model in a subprocess (~10 s).

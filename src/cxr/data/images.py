@@ -206,8 +206,8 @@ def _read_dicom(data: bytes) -> np.ndarray:
     if frames != 1 or samples not in (1, 3):
         raise ImageReadError(f"DICOM has {frames} frame(s) of {samples} sample(s), expected one "
                              "grayscale or RGB frame")
-    slope, intercept = _header_number(ds, "RescaleSlope", 1.0), _header_number(ds, "RescaleIntercept", 0.0)
-    if slope == 0:
+    _header_number(ds, "RescaleIntercept", 0.0)   # checked here; apply_modality_lut applies it with the slope
+    if _header_number(ds, "RescaleSlope", 1.0) == 0:
         raise ImageReadError("DICOM RescaleSlope is 0, expected a non-zero number")
     try:
         a = ds.pixel_array
