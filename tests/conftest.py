@@ -41,8 +41,8 @@ PIPELINE_FIXTURES = {"project", "tiny_project", "tiny_copy", "small_data_dir", "
 
 
 # The long files first, longest first (make test passes --no-loadscope-reorder), so the two test
-# processes end together: one starts on the recipes (no tiny project), the other builds the tiny
-# project at once for test_export_predict; every later file that needs it finds it built.
+# processes end together: one starts on the recipes (their queued test first: no tiny project), the
+# other builds the tiny project at once for test_export_predict; every later test finds it built.
 FIRST = ("test_recipes.py", "test_export_predict.py", "test_pipeline.py", "test_hardening.py", "test_train.py",
          "test_tracking.py", "test_features.py", "test_serve.py")
 
