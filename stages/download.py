@@ -1,6 +1,6 @@
 """download: fetch data.source into data/raw/ (images/, their manifest images.md5, Data_Entry_2017.csv)."""
 from cxr.data.download import fetch
-from cxr.errors import run_command
+from cxr.errors import run_stage
 from cxr.paths import BUNDLED, RAW
 from cxr.params import load_params
 
@@ -13,4 +13,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_command(main, "download")
+    run_stage(main, "download")

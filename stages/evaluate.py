@@ -6,7 +6,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 from cxr import compute, tracking  # noqa: E402
-from cxr.errors import run_command  # noqa: E402
+from cxr.errors import run_stage  # noqa: E402
 from cxr.outputs import atomic_path, file_sha256, write_csv, write_json  # noqa: E402
 from cxr.params import load_variant  # noqa: E402
 from cxr.paths import (BOXES, CACHE, EXPERT_LABELS, LABELS, OFFICIAL_METADATA, SPLITS, model_file,  # noqa: E402
@@ -97,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_command(main, "evaluate")
+    run_stage(main, "evaluate")

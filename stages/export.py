@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from cxr import compute, tracking  # noqa: E402
-from cxr.errors import run_command  # noqa: E402
+from cxr.errors import run_stage  # noqa: E402
 from cxr.outputs import atomic_path, file_sha256, write_json  # noqa: E402
 from cxr.params import load_variant  # noqa: E402
 from cxr.paths import (CACHE, LABELS, MODEL_INFO, SPLITS, export_dir, model_dir, model_file,  # noqa: E402
@@ -99,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_command(main, "export")
+    run_stage(main, "export")

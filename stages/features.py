@@ -7,7 +7,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cxr import compute  # noqa: E402
-from cxr.errors import run_command  # noqa: E402
+from cxr.errors import run_stage  # noqa: E402
 from cxr.data.cache import cache_sha256  # noqa: E402
 from cxr.features import FEATURES_FILE, KEY_FILE, compute_features, feature_key, read_key, wanted  # noqa: E402
 from cxr.outputs import atomic_path, write_json  # noqa: E402
@@ -49,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_command(main, "features")
+    run_stage(main, "features")

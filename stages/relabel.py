@@ -3,7 +3,7 @@ multiclass task only the images of exactly one class."""
 from cxr.data.download import manifest_names
 from cxr.data.labels import build_labels, class_counts, single_class
 from cxr.data.metadata import read_metadata
-from cxr.errors import run_command
+from cxr.errors import run_stage
 from cxr.outputs import write_csv, write_json
 from cxr.params import load_params
 from cxr.paths import LABELS, RAW, RAW_METADATA, stage_metrics
@@ -29,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_command(main, "relabel")
+    run_stage(main, "relabel")

@@ -3,7 +3,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from cxr.errors import CxrError, run_command
+from cxr.errors import CxrError, run_stage
 from cxr.outputs import atomic_path
 from cxr.params import load_params
 from cxr.paths import REPORTS, SEED_STUDY, stage_metrics
@@ -40,4 +40,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_command(main, "report")
+    run_stage(main, "report")

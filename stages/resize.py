@@ -3,7 +3,7 @@ import sys
 
 from cxr.data.cache import build_cache
 from cxr.data.download import manifest_names
-from cxr.errors import run_command
+from cxr.errors import run_stage
 from cxr.outputs import write_json
 from cxr.params import load_params
 from cxr.paths import CACHE, RAW, RAW_IMAGES, stage_metrics
@@ -22,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_command(main, "resize")
+    run_stage(main, "resize")

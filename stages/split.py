@@ -5,7 +5,7 @@ import pandas as pd
 
 from cxr.data.split import (assert_patient_disjoint, leaking_patients, official_split, patient_split,
                             split_summary)
-from cxr.errors import run_command
+from cxr.errors import run_stage
 from cxr.outputs import write_csv, write_json
 from cxr.params import load_params
 from cxr.paths import DATA_REPORTS, LABELS, OFFICIAL_TEST, SPLITS, stage_metrics
@@ -37,4 +37,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_command(main, "split")
+    run_stage(main, "split")

@@ -7,7 +7,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cxr import compute, tracking  # noqa: E402
-from cxr.errors import run_command  # noqa: E402
+from cxr.errors import run_stage  # noqa: E402
 from cxr.data.cache import cache_sha256  # noqa: E402
 from cxr.features import feature_key, load_features, wanted  # noqa: E402
 from cxr.models import check_weights  # noqa: E402
@@ -105,4 +105,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_command(main, "train")
+    run_stage(main, "train")

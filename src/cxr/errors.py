@@ -1,8 +1,12 @@
-"""The project's error base, and how a command reports one: one line, exit 1."""
+"""The project's error base, and how a command or a stage ends: a ``CxrError`` as one line, exit 1."""
 from __future__ import annotations
 
+import atexit
+import os
 import sys
+import threading
 from collections.abc import Callable
+from typing import NoReturn
 
 
 class CxrError(ValueError):
@@ -26,3 +30,20 @@ def run_command(main: Callable[[], object], name: str):
     except KeyboardInterrupt:
         print(f"{name}: interrupted; outputs left as they were", file=sys.stderr)
         sys.exit(130)
+
+
+def run_stage(main: Callable[[], object], name: str) -> NoReturn:
+    """A stage script's entry point: ``run_command``, then the process ends without freeing its objects.
+
+    Python's teardown of a process that imported TensorFlow, Keras and MLflow costs ~1.5 s of CPU
+    after the stage's work is written (evaluate@cnn of a small project: 8.8 s -> 7.4 s). Every exit
+    handler still runs (logging's, multiprocessing's, temporary files', MLflow's); only the teardown
+    is skipped. A live non-daemon thread would be joined by a normal exit, so it gets one.
+    """
+    run_command(main, name)
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(0)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
