@@ -5,9 +5,10 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import NoReturn
 
 from cxr import __version__
-from cxr.errors import run_command
+from cxr.errors import end_process, run_command
 
 
 def _params(args: argparse.Namespace) -> None:
@@ -220,9 +221,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
     status = run_command(lambda: args.func(args), f"cxr {args.command}")
     raise SystemExit(status or 0)
+
+
+def console() -> NoReturn:
+    """The installed `cxr` command: ``main``, then the process ends as a stage's does (``end_process``)."""
+    try:
+        main()
+    except SystemExit as e:
+        if not isinstance(e.code, (int, type(None))):
+            raise   # a message for Python to print
+        end_process(e.code or 0)
+
+
 if __name__ == "__main__":
-    main()
+    console()
