@@ -23,14 +23,17 @@ def test_params_command(tmp_path):
 
 
 _STAGE = """
-import atexit, sys, threading, time
+import atexit, sys, threading
 from cxr.errors import run_stage
 
 def main():
     atexit.register(lambda: open(sys.argv[1] + "/handler", "w").write("ran"))
     sys.stdout.write("buffered, not flushed")   # stdout is a pipe here
     if len(sys.argv) > 2:   # a non-daemon thread still working when main returns: joined, as on any exit
-        threading.Thread(target=lambda: (time.sleep(0.3), open(sys.argv[1] + "/thread", "w").write("done"))).start()
+        # It writes once the main thread has stopped, which only Python's own shutdown does: alive at
+        # run_stage's check on any CPU, and never done if the process ended without joining it.
+        threading.Thread(target=lambda: (threading.main_thread().join(),
+                                         open(sys.argv[1] + "/thread", "w").write("done"))).start()
 
 run_stage(main, "train")
 print("not reached")
