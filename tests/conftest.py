@@ -43,8 +43,10 @@ PIPELINE_FIXTURES = {"project", "tiny_project", "tiny_copy", "small_data_dir", "
 # The long files first, longest first (make test passes --no-loadscope-reorder), so the two test
 # processes end together: one starts on the recipes (their queued test first: no tiny project), the
 # other builds the tiny project at once for test_export_predict; every later test finds it built.
+# Every file of over ~5 s of CPU is listed: one left to the alphabetical tail (test_models, 19 s) ran
+# there alone while the other process had finished.
 FIRST = ("test_recipes.py", "test_export_predict.py", "test_pipeline.py", "test_hardening.py", "test_train.py",
-         "test_tracking.py", "test_features.py", "test_serve.py")
+         "test_tracking.py", "test_features.py", "test_models.py", "test_serve.py", "test_labels.py")
 
 
 def pytest_collection_modifyitems(items):
