@@ -66,6 +66,9 @@ def project_env(project: Path) -> dict:
     env["PYTHONPATH"] = str(project / "src")
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
+    # The project's config turns DVC's usage reports off, a repository made by `dvc init` does not:
+    # each command would start a daemon that posts one (offline: leaves its report in /tmp).
+    env["DVC_NO_ANALYTICS"] = "1"
     return env
 
 
