@@ -218,9 +218,10 @@ def test_second_clone_restores_every_stage_from_a_remote_and_reruns_only_what_ch
     assert "Stage 'evaluate@cnn' is cached - skipping run" in out
 
 
-def test_fresh_reproduction_of_a_commit_gives_its_committed_metrics(tiny_copy):
+def test_fresh_reproduction_of_a_commit_gives_its_committed_metrics(tiny_copy, tmp_path):
     """`make check-repro`: clone, reproduce from an empty cache, compare. One small variant: the tiny
-    project without mobilenet, exported to fp32 TFLite only."""
+    project without mobilenet, exported to fp32 TFLite only. The reproduction is kept for the user to
+    look at; here it goes in the test's folder (TMPDIR), not /tmp, so that pytest removes it."""
     def one_small_variant(p):
         p["models"] = {"cnn": p["models"]["cnn"]}
         p["export"].update(tflite=["fp32"], coreml=False)
@@ -231,9 +232,10 @@ def test_fresh_reproduction_of_a_commit_gives_its_committed_metrics(tiny_copy):
     run(["git", "rm", "-rq", ":(glob)metrics/*/mobilenet*", "reports/mobilenet", "models/mobilenet"], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "results"], project)
-    proc = run(["cxr", "check-repro", "--fresh"], project)
+    proc = run(["cxr", "check-repro", "--fresh"], project, env={"TMPDIR": str(tmp_path)})
     assert "0 quality metrics beyond their band, 0 moved within noise (against HEAD)" in proc.stdout, proc.stdout
     clone = Path(proc.stdout.rsplit("reproduction in ", 1)[1].strip())
+    assert clone.is_relative_to(tmp_path)
     assert not (clone / "models" / "mobilenet").exists()
     for path in ("metrics/train/cnn.json", "metrics/eval/cnn.json", "metrics/export/cnn.json"):
         assert (project / path).read_bytes() == (clone / path).read_bytes(), path
