@@ -1,6 +1,8 @@
 """evaluate@<variant>: test-split metrics with CIs, a val-chosen threshold, plots, Grad-CAM."""
 import dataclasses
+import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -9,8 +11,8 @@ from cxr import compute, tracking  # noqa: E402
 from cxr.errors import run_stage  # noqa: E402
 from cxr.outputs import atomic_path, file_sha256, write_csv, write_json  # noqa: E402
 from cxr.params import load_variant  # noqa: E402
-from cxr.paths import (BOXES, CACHE, EXPERT_LABELS, LABELS, OFFICIAL_METADATA, SPLITS, model_file,  # noqa: E402
-                       stage_metrics, variant_reports)
+from cxr.paths import (BOXES, CACHE, EXPERT_LABELS, LABELS, MODEL_INFO, OFFICIAL_METADATA, SPLITS,  # noqa: E402
+                       model_dir, model_file, stage_metrics, variant_reports)
 
 
 
@@ -23,8 +25,9 @@ def main() -> None:
 
     import pandas as pd
 
-    from cxr import gradcam, plots
+    from cxr import calibrate, gradcam, plots
     from cxr.data.dataset import load_dataset
+    from cxr.data.labels import decision_prevalence
     from cxr.baselines import metadata_baselines
     from cxr.data.metadata import (AGE_BANDS, EXPERT_FINDINGS, read_expert_labels, read_metadata,
                                    subgroups)
@@ -34,15 +37,22 @@ def main() -> None:
 
     model_path = model_file(variant)
     model = load_model(model_path)
+    folded = calibrate.Calibration.from_dict(json.loads(Path(model_dir(variant), MODEL_INFO).read_text())["calibration"])
     data = load_dataset(CACHE, LABELS, SPLITS, params.labels.targets)
     test, val = data.splits["test"], data.splits["val"]
     test_images = data.images("test")
     test_p, val_p = predict(model, test_images), predict(model, data.images("val"))
     weights = bootstrap_weights(test.patients, ep.bootstrap, ep.seed)   # every interval below resamples these
+    meta = read_metadata(OFFICIAL_METADATA)
+    prevalence = (decision_prevalence(meta, params.labels.views, data.targets, params.labels.decision)
+                  if ep.prevalence == "nih" else ep.prevalence)
     result = evaluate_predictions(data.targets, test.y, test_p, test.patients, val.y, val_p,
                                   threshold=ep.threshold, beta=ep.beta, min_positives=ep.min_positives,
-                                  weights=weights, decision=params.labels.decision)
+                                  weights=weights, val_weights=bootstrap_weights(val.patients, ep.bootstrap, ep.seed),
+                                  prevalence=prevalence, decision=params.labels.decision,
+                                  uncalibrated=(calibrate.invert(val_p, folded), calibrate.invert(test_p, folded)))
     metrics, curves = result["metrics"], result["curves"]
+    metrics[params.labels.decision.positive]["calibration"]["method"] = folded.method
     names = params.labels.decision.positive, params.labels.decision.negative   # e.g. abnormal, normal
     decision = metrics[names[0]]
     out = variant_reports(variant)
@@ -54,7 +64,8 @@ def main() -> None:
         plots.plot_roc(test.y, test_p, list(data.targets), f"{out}/roc.png", f"{variant}: test ROC per class"),
         plots.plot_pr(truth, score, f"{out}/pr.png", f"{variant}: {names[0]} vs {names[1]}"),
         plots.plot_calibration(curves["reliability"], decision["ece"], f"{out}/calibration.png",
-                               f"{variant}: calibration of the {names[0]} score", names[0]),
+                               f"{variant}: calibration of the {names[0]} score", names[0],
+                               decision["calibration"]["before"]),
         plots.plot_triage(curves["triage"], t, f"{out}/triage.png", f"{variant}: triage", names),
         plots.plot_confusion(decision["at_threshold"]["confusion"], f"{out}/confusion.png",
                              f"{variant}: at the val-chosen threshold", names),
@@ -75,8 +86,8 @@ def main() -> None:
     # What age, sex and view alone predict, beside the model (no image); the model within each of them.
     test_table = pd.read_csv(LABELS, dtype={"Patient ID": str}).set_index("Image Index").loc[list(test.names)]
     decision["baselines"].update(metadata_baselines(
-        read_metadata(OFFICIAL_METADATA), set(test.patients) | set(val.patients), params.labels.views, names[0],
-        test_table, truth, weights, ep.seed))
+        meta, set(test.patients) | set(val.patients), params.labels.views, names[0],
+        test_table, truth, weights, ep.seed, model_score=score))
     decision["subgroups"] = subgroup_aurocs(truth, score, subgroups(test_table), weights,
                                             levels={"sex": ["F", "M"], "age": AGE_BANDS, "view": params.labels.views})
     # A second opinion on the NLP labels: radiologists' adjudicated labels, where the test split has them.

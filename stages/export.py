@@ -27,11 +27,13 @@ def main() -> None:
 
     from cxr import bundle, export
     from cxr.data.dataset import load_dataset
-    from cxr.evaluate import choose_threshold, flat_metrics, operating_point
+    from cxr.evaluate import choose_threshold, flat_metrics, operating_point, threshold_name
+    from cxr.report import model_card
     from cxr.inference import load_model, predict
 
     model = load_model(model_file(variant))
     info = json.loads(Path(model_dir(variant), MODEL_INFO).read_text())
+    evaluation = json.loads(Path(stage_metrics("eval", variant)).read_text())   # flags and figures for the card
     data = load_dataset(CACHE, LABELS, SPLITS, params.labels.targets)
     train, val, test = data.splits["train"], data.splits["val"], data.splits["test"]
     rng = np.random.default_rng(xp.seed)
@@ -69,7 +71,8 @@ def main() -> None:
             description = f"cxr-pipeline {variant}: chest X-ray, {rule.positive} or {rule.negative}"
             # A classifier where one class per image is the answer: the binary task's two sides, or the classes.
             labels = {"binary": [rule.negative, rule.positive], "multiclass": list(data.targets)}.get(params.labels.task)
-            path = export.export_coreml(model, tmp / bundle.COREML_FILE, data.targets, description, labels)
+            path = export.export_coreml(model, tmp / bundle.COREML_FILE, data.targets, description, labels,
+                                        report["keras"]["threshold"])
             report["coreml"] = {"size_mb": round(export.directory_size_mb(path), 3),
                                 "spec": export.coreml_spec_summary(path),
                                 "note": "Core ML prediction runs on macOS only; the spec is checked here"}
@@ -78,9 +81,11 @@ def main() -> None:
         source = {"data": params.data.source, "split": dataclasses.asdict(params.split),
                   "images": {"train": len(train), "val": len(val), "test": len(test)},
                   "splits_sha256": file_sha256([SPLITS])}
-        bundle.write_manifest(tmp, bundle.describe(variant, info["family"], params.labels.task, list(data.targets),
-                                                   info["size"], rule, ep.threshold, ep.beta,
-                                                   formats, source))
+        manifest = bundle.describe(variant, info["family"], params.labels.task, list(data.targets), info["size"],
+                                   rule, threshold_name(ep.threshold), ep.beta, formats, source,
+                                   info["calibration"], evaluation)
+        (tmp / bundle.MODEL_CARD_FILE).write_text(model_card(variant, evaluation, source))
+        bundle.write_manifest(tmp, manifest)
     if "fp32" in report["tflite"]:
         base = report["tflite"]["fp32"]["size_mb"]
         for m in report["tflite"].values():
@@ -90,7 +95,7 @@ def main() -> None:
     write_json(timings("export", variant), latency)
     model_sha = file_sha256([model_file(variant)])
     tracking.log_model_stage("export", variant, model_sha, flat_metrics(report), dataclasses.asdict(xp),
-                             artifacts=[out], uri=uri)
+                             artifacts=[out, f"{out}/{bundle.MODEL_CARD_FILE}"], uri=uri)
     tracking.register_model(variant, model_file(variant), model_sha,
                             tracking.lock_tags(f"train@{variant}", model_file(variant)), uri)
     print(f"export@{variant}: " + ", ".join(

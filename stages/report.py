@@ -27,7 +27,8 @@ def main() -> None:
     labels = _read(Path(stage_metrics("labels")))
     exports = {v: _read(p) for v in variants if (p := Path(stage_metrics("export", v))).exists()}
     data = {"source": params.data.source, "images": labels["rows"], "patients": labels["patients"],
-            "split": params.split.method, "test_images": split["test"]["images"], "size": params.image.size}
+            "split": params.split.method, "test_images": split["test"]["images"], "size": params.image.size,
+            "split_images": {name: split[name]["images"] for name in ("train", "val", "test")}}
     seeds = _read(Path(SEED_STUDY))   # measured by bench/seeds.py (make seeds), not by a stage
     # As YAML gives them (lists, not tuples), to compare with the params the seed study recorded.
     raw_models = {v: json.loads(json.dumps(dataclasses.asdict(m))) for v, m in params.models.items()}

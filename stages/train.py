@@ -28,7 +28,7 @@ def main() -> None:
     tracking.check_tracking_uri(uri)
     compute.configure(params.compute)
 
-    from cxr import train
+    from cxr import calibrate, train
     from cxr.evaluate import BOOTSTRAP_ROUNDS, decision_auroc, is_collapsed, mean_auroc_interval, prediction_spread
     from cxr.data.dataset import load_dataset
     from cxr.plots import plot_history
@@ -55,6 +55,8 @@ def main() -> None:
         # Trains its shard in step with the others; the chief saves the model and logs the run.
         result = train.train_model(dataset, model_params, params.train, params.image.size, name=variant,
                                    strategy=strategy, decision=params.labels.decision, features=features)
+        calibrate.fold(result.model, calibrate.fit(dataset.splits["val"].y, result.val_predictions,
+                                                   params.train.calibration, params.labels.exclusive))
         print(f"train@{variant}: worker {worker.index} of {worker.workers} done after {result.epochs_run} epochs "
               f"(weights sha256 {train.weights_sha256(result.model)}); the chief writes the model")
         return
@@ -73,24 +75,30 @@ def main() -> None:
         result = train.train_model(dataset, model_params, params.train, params.image.size, name=variant,
                                    callbacks=[run.epoch_callback()], strategy=strategy,
                                    decision=params.labels.decision, features=features)
+        val = dataset.splits["val"]
+        # Calibrated on val and folded into the saved model: every format downstream outputs calibrated scores.
+        calibration = calibrate.fit(val.y, result.val_predictions, params.train.calibration, params.labels.exclusive)
+        calibrate.fold(result.model, calibration)
+        val_p = calibrate.apply(result.val_predictions, calibration)
         train.save_model(result.model, model_file(variant))
         write_json(f"{model_dir(variant)}/{MODEL_INFO}", {"variant": variant, "family": model_params.family,
-                                               "targets": list(dataset.targets), "size": params.image.size})
+                                               "targets": list(dataset.targets), "size": params.image.size,
+                                               "calibration": calibration.as_dict()})
         with atomic_path(history_csv) as tmp:
             tmp.write_text(train.history_rows_to_csv(result.history))
         plot_path = plot_history(result.history, f"{variant_reports(variant)}/history.png", title=f"{variant}: training")
-        val = dataset.splits["val"]
-        decision = decision_auroc(params.labels.decision, val.y, result.val_predictions, val.patients,
-                                  BOOTSTRAP_ROUNDS, params.train.seed)
+        decision = decision_auroc(params.labels.decision, val.y, val_p, val.patients, BOOTSTRAP_ROUNDS,
+                                  params.train.seed)
         summary = {"best_epoch": result.best["epoch"], "train_loss": result.best["loss"],
                    "train_auroc": result.best["auroc"], "val_loss": result.best["val_loss"],
                    "val_auroc": result.best["val_auroc"],
-                   "val_auroc_ci95": mean_auroc_interval(val.y, result.val_predictions, val.patients,
-                                                         BOOTSTRAP_ROUNDS, params.train.seed),
+                   "val_auroc_ci95": mean_auroc_interval(val.y, val_p, val.patients, BOOTSTRAP_ROUNDS,
+                                                         params.train.seed),
                    # the yes/no score the bundle thresholds: what `cxr predict` picks its default by
                    "val_decision_auroc": decision["auroc"], "val_decision_auroc_ci95": decision["auroc_ci95"],
                    "val_prediction_spread": prediction_spread(result.val_predictions),
                    "collapsed": is_collapsed(result.val_predictions), "epochs_run": result.epochs_run,
+                   "calibration": calibration.method,
                    "train_images": result.train_images, "val_images": len(val)}
         write_json(stage_metrics("train", variant), summary)
         # Timings are facts about this machine, not results: kept out of `dvc metrics`.

@@ -119,17 +119,18 @@ def test_threshold_is_taken_from_validation_data_only():
         test_y = rng.integers(0, 2, (40, 1))
         test_p = rng.random((40, 1))
         results.append(evaluate_predictions(["abnormal"], test_y, test_p, np.arange(40), val_y, val_p, **kw,
-                                            weights=bootstrap_weights(np.arange(40), 20, 0)))
+                                            weights=bootstrap_weights(np.arange(40), 20, 0),
+                                            val_weights=bootstrap_weights(np.arange(4), 20, 0), prevalence=0.5))
     chosen = [r["metrics"]["abnormal"]["at_threshold"]["threshold"] for r in results]
     assert chosen[0] == chosen[1] == choose_threshold(val_y[:, 0], val_p[:, 0], "youden") == pytest.approx(0.7)
-    assert results[0]["metrics"]["abnormal"]["threshold_source"] == "validation split"
 
 
 def test_evaluation_reports_rare_classes_instead_of_dropping_them():
     y = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 0], [0, 1, 0]] * 5)
     p = np.random.default_rng(1).random((20, 3))
     m = evaluate_predictions(["a", "b", "c"], y, p, np.arange(20), y, p, threshold="fbeta", beta=3.0,
-                             min_positives=6, weights=bootstrap_weights(np.arange(20), 30, 0))["metrics"]
+                             min_positives=6, weights=bootstrap_weights(np.arange(20), 30, 0),
+                             val_weights=bootstrap_weights(np.arange(20), 30, 1), prevalence=0.5)["metrics"]
     assert m["per_class"]["b"]["positives"] == 5 and "fewer than 6" in m["per_class"]["b"]["status"]
     assert m["mean_auroc_classes"] == 2
     assert m["mean_auroc"] == pytest.approx(np.mean([m["per_class"]["a"]["auroc"], m["per_class"]["c"]["auroc"]]))
@@ -175,7 +176,8 @@ def test_curve_tables_agree_with_the_metrics_they_plot():
     y = rng.integers(0, 2, (60, 3))
     p = np.clip(y * 0.3 + rng.random((60, 3)) * 0.7, 0, 1)
     result = evaluate_predictions(["a", "b", "c"], y, p, np.arange(60), y, p, threshold="youden", beta=3.0,
-                                  min_positives=1, weights=bootstrap_weights(np.arange(60), 20, 0))
+                                  min_positives=1, weights=bootstrap_weights(np.arange(60), 20, 0),
+                                  val_weights=bootstrap_weights(np.arange(60), 20, 1), prevalence=0.5)
     tables, abnormal = curve_tables(result["curves"]), result["metrics"]["abnormal"]
     assert set(tables) == {"roc", "pr", "calibration", "triage", "confusion"}
     assert auc(tables["roc"]["fpr"], tables["roc"]["tpr"]) == pytest.approx(abnormal["auroc"])

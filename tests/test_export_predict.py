@@ -17,7 +17,8 @@ def test_every_variant_is_exported_with_parity_metrics(tiny_project):
     for variant in ("cnn", "mobilenet"):
         export_dir = tiny_project / "models" / variant / "export"
         assert {p.name for p in export_dir.iterdir()} == {"model.keras", "model_fp32.tflite", "model_fp16.tflite",
-                                                         "model_int8.tflite", "model.mlpackage", "manifest.json"}
+                                                         "model_int8.tflite", "model.mlpackage", "manifest.json",
+                                                         "MODEL_CARD.md"}
         report = json.loads((tiny_project / "metrics" / "export" / f"{variant}.json").read_text())
         assert report["tflite"]["fp32"]["max_abs_diff"] < 1e-4
         assert report["tflite"]["fp16"]["max_abs_diff"] < 0.1  # half-precision weights, ~30 layers deep
@@ -119,50 +120,51 @@ def test_predict_png_jpeg_dicom_and_folder(tiny_project, tmp_path):
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["image"].rsplit("/", 1)[-1] for r in results] == [images[2].name, "xray.dcm", "xray.jpg"]
-    threshold = json.loads((tiny_project / "metrics" / "eval" / f"{_best(tiny_project)}.json").read_text())[
-        "abnormal"]["at_threshold"]["threshold"]   # the Keras model's, as evaluate chose it on val
+    from cxr.report import flag_lines
     for r in results:
-        assert set(r) == {"image", "model", "findings", "decision", "abnormal_score", "abnormal", "threshold"}
+        assert set(r) == {"image", "model", "findings", "decision", "abnormal_score", "abnormal", "threshold", "flags"}
         assert len(r["findings"]) == 14 and 0 <= r["abnormal_score"] <= 1 and r["decision"] == "abnormal"
+        # The Keras model's threshold and flags, as evaluate chose them on val.
+        evaluation = json.loads((tiny_project / "metrics" / "eval" / f"{r['model'].split()[0]}.json").read_text())
+        threshold = evaluation["abnormal"]["at_threshold"]["threshold"]
         assert r["threshold"] == threshold and r["abnormal"] == (r["abnormal_score"] >= threshold)
+        assert r["flags"][:len(evaluation["flags"])] == flag_lines(evaluation["flags"])
 
 
-def _best(project):
-    trains = {p.stem: json.loads(p.read_text()) for p in (project / "metrics" / "train").glob("*.json")}
-    scores = {v: t["val_decision_auroc"] for v, t in trains.items() if not t["collapsed"]}
-    return max(scores, key=scores.get)
+def test_default_model_is_the_best_unflagged_variant_and_says_when_every_one_is_flagged(tmp_path):
+    from cxr.predict import EVERY_VARIANT_FLAGGED, PredictError, best_variant
 
+    def exported(variant, val_decision_auroc, flags):
+        (tmp_path / "models" / variant / "export").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "models" / variant / "export" / "manifest.json").write_text(json.dumps(
+            {"validation": {"decision_auroc": val_decision_auroc}, "flags": flags}))
 
-def test_default_model_is_the_best_variant_that_did_not_collapse(tmp_path):
-    from cxr.predict import PredictError, best_variant
-
-    def trained(variant, val_decision_auroc, collapsed):
-        (tmp_path / "models" / variant / "export").mkdir(parents=True)
-        (tmp_path / "models" / variant / "export" / "manifest.json").write_text("{}")
-        (tmp_path / "metrics" / "train").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "metrics" / "train" / f"{variant}.json").write_text(
-            json.dumps({"val_auroc": 0.9, "val_decision_auroc": val_decision_auroc, "collapsed": collapsed}))
-
-    trained("mobilenet", 0.62, True)   # a constant model can score above chance on a small val split
-    trained("cnn", 0.57, False)
-    trained("linear", 0.55, False)     # chosen by the decision it makes, not the mean over findings
-    assert best_variant(tmp_path) == "cnn"
-    for variant in ("cnn", "linear"):
-        (tmp_path / "metrics" / "train" / f"{variant}.json").write_text(
-            json.dumps({"val_decision_auroc": 0.57, "collapsed": True}))
-    with pytest.raises(PredictError, match=r"no usable exported model \(collapsed, not used by default: cnn, linear, mob"):
+    with pytest.raises(PredictError, match="no usable exported model"):
         best_variant(tmp_path)
+    near_constant = [{"flag": "near_constant", "split": "val", "detail": "spread 0.005"}]
+    exported("mobilenet", 0.62, near_constant)   # a constant model can score above chance on a small val split
+    exported("cnn", 0.57, [])
+    exported("linear", 0.55, [])     # chosen by the decision it makes, not the mean over findings
+    assert best_variant(tmp_path) == ("cnn", False)
+    for variant in ("cnn", "linear"):
+        exported(variant, 0.57, near_constant)
+    assert best_variant(tmp_path) == ("mobilenet", True)
+    assert EVERY_VARIANT_FLAGGED.startswith("every exported variant is flagged")
 
 
-def test_report_flags_a_collapsed_variant_in_bold(tiny_project):
+def test_report_flags_a_flagged_variant_in_bold_and_names_its_flags(tiny_project):
     from cxr.report import summary_markdown
     read = lambda kind, v: json.loads((tiny_project / "metrics" / kind / f"{v}.json").read_text())
     variants = ("cnn", "mobilenet")
-    trains = {v: read("train", v) for v in variants}
-    trains["mobilenet"]["collapsed"] = True
-    data = {"source": "sample", "images": 557, "patients": 555, "split": "patient", "test_images": 114, "size": 32}
-    text = summary_markdown({v: read("eval", v) for v in variants}, trains, {}, data)
-    assert "**Collapsed: mobilenet." in text and "| **mobilenet (collapsed)** |" in text and "| cnn |" in text
+    evals = {v: read("eval", v) for v in variants}
+    evals["cnn"]["flags"] = []
+    evals["mobilenet"]["flags"] = [{"flag": "near_constant", "split": "val", "detail": "prediction spread 0.005"}]
+    data = {"source": "sample", "images": 557, "patients": 555, "split": "patient", "test_images": 114, "size": 32,
+            "split_images": {"train": 356, "val": 87, "test": 114}}
+    text = summary_markdown(evals, {v: read("train", v) for v in variants}, {}, data)
+    assert "| **mobilenet (flagged)** |" in text and "| cnn |" in text
+    assert "- **mobilenet**: near constant (val): prediction spread 0.005" in text
+    assert "Default model of `cxr predict` / `cxr serve`: **cnn**, the best validation" in text
 
 
 def test_predict_with_tflite_matches_keras(tiny_project):
@@ -329,6 +331,7 @@ def test_a_multiclass_task_is_one_softmax_from_labels_to_core_ml(tiny_copy):
     assert manifest["decision"]["score"] == "the sum of the class probabilities of Infiltration, Effusion"
     spec = coreml_spec_summary(project / "models" / "cnn" / "export" / "model.mlpackage")
     assert spec["outputs"] == ["classLabel", "probabilities"] and spec["class_labels"] == classes
+    assert spec["threshold"] is None   # multiclass: classLabel is the likeliest class
     good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
     result = json.loads(predict_in_process(project, good, "--json", "--model", "models/cnn").stdout)
     assert result["decision"] == "abnormal" and set(result["findings"]) == set(classes)

@@ -1,6 +1,7 @@
 """The DVC pipeline end to end in a temporary copy of the project."""
 import io
 import json
+import re
 import shutil
 import struct
 import zlib
@@ -106,7 +107,9 @@ def test_every_stage_wrote_its_outputs(tiny_project):
         info = json.loads((tiny_project / "models" / variant / "model.json").read_text())
         assert info["size"] == 32 and len(info["targets"]) == 14
         evaluation = json.loads((tiny_project / "metrics" / "eval" / f"{variant}.json").read_text())
-        assert evaluation["abnormal"]["threshold_source"] == "validation split"
+        info_calibration = info["calibration"]
+        assert info_calibration["method"] == "temperature" and len(info_calibration["scale"]) == 14
+        assert evaluation["abnormal"]["calibration"]["before"]["ece"] >= 0
         for name in ("roc", "pr", "calibration", "triage", "confusion"):
             assert (tiny_project / "reports" / variant / f"{name}.png").is_file()
             assert (tiny_project / "reports" / variant / "plots" / f"{name}.csv").is_file()
@@ -119,7 +122,8 @@ def test_every_stage_wrote_its_outputs(tiny_project):
     for picture in ("labels_per_split", "age_sex"):
         assert (tiny_project / "reports" / "data" / f"{picture}.png").stat().st_size > 10_000
     summary = (tiny_project / "reports" / "summary.md").read_text()
-    assert "| cnn |" in summary and "| mobilenet |" in summary and "NOT measured here" in summary
+    assert all(re.search(rf"\| (\*\*)?{v}( \(flagged\)\*\*)? \|", summary) for v in ("cnn", "mobilenet"))
+    assert "NOT measured here" in summary
     assert "AUROC by subgroup" in summary and "Expert labels (Google 2019" in summary
     assert "CheXNet" in summary and "Not for diagnosis" in summary and "TFLite int8" in summary
 
@@ -152,7 +156,7 @@ def test_mlflow_holds_the_data_each_variant_its_train_evaluate_export_and_the_re
     children = {r.data.tags["cxr.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == cnn.info.run_id}
     assert set(children) == {"evaluate@cnn", "export@cnn"}
     evaluation, export = children["evaluate@cnn"], children["export@cnn"]
-    assert evaluation.data.params["evaluate.threshold"] == "fbeta"
+    assert float(evaluation.data.params["evaluate.threshold.sensitivity"]) == 0.9   # params.yaml's, nested
     assert evaluation.data.metrics["test_abnormal.auroc"] == cnn.data.metrics["test_abnormal.auroc"]
     assert export.data.params["export.tflite"] == "('fp32', 'fp16', 'int8')"
     files = {a.path for a in mlflow.MlflowClient().list_artifacts(export.info.run_id, "export/export")}
@@ -201,8 +205,10 @@ def test_second_clone_restores_every_stage_from_a_remote_and_reruns_only_what_ch
     assert _files(b / "metrics") == _files(tiny_copy / "metrics")
     assert (b / "models/cnn/model.keras").read_bytes() == (tiny_copy / "models/cnn/model.keras").read_bytes()
 
-    edit_params(b, lambda p: p["evaluate"].update(bootstrap=60))   # evaluate's alone: export stays
-    assert sorted(_stages_run(run(["dvc", "repro"], b).stdout)) == ["evaluate@cnn", "evaluate@mobilenet", "report"]
+    # evaluate's alone: export follows only the metrics it reads (the flags and figures of its model card)
+    edit_params(b, lambda p: p["evaluate"].update(bootstrap=60))
+    assert sorted(_stages_run(run(["dvc", "repro"], b).stdout)) == [
+        "evaluate@cnn", "evaluate@mobilenet", "export@cnn", "export@mobilenet", "report"]
 
     # Back to the commit: git restores the git-tracked outputs, DVC the cached ones.
     run(["git", "checkout", "HEAD", "--", "."], b)   # HEAD: DVC autostages what repro wrote
@@ -279,7 +285,7 @@ def test_changed_evaluate_param_reruns_only_what_uses_it_and_shows_in_pr_report(
                                   for stage, param in (("evaluate", "evaluate"), ("export", "evaluate.threshold"))}
     assert _stages_run(run(["dvc", "repro", "evaluate@cnn"], tiny_copy).stdout) == ["evaluate@cnn"]
     report = run(["cxr", "pr-report", "--base", "HEAD"], tiny_copy).stdout
-    assert "evaluate.threshold" in report and "fbeta" in report and "youden" in report
+    assert "evaluate.threshold" in report and "youden" in report
     assert "abnormal.threshold_method" in report or "abnormal.at_threshold" in report
 
 
@@ -313,7 +319,7 @@ def test_adding_the_linear_variant_runs_only_its_stages_and_it_goes_everywhere_a
     assert abs(exported["tflite"]["int8"]["mean_auroc_delta"]) < 0.05  # ranks kept; single outputs may move more
     manifest = json.loads((tiny_copy / "models" / "linear" / "export" / "manifest.json").read_text())
     assert manifest["family"] == "linear" and (tiny_copy / "models/linear/export/model.mlpackage").is_dir()
-    assert "| linear |" in (tiny_copy / "reports" / "summary.md").read_text()
+    assert re.search(r"\| (\*\*)?linear( \(flagged\)\*\*)? \|", (tiny_copy / "reports" / "summary.md").read_text())
 
     image = sorted((BUNDLED / "images").glob("*.png"))[0]
     for model, name in (("models/linear", "linear (keras)"),

@@ -132,13 +132,14 @@ def test_the_ios_app_recipe_in_the_workspace_is_a_binary_task_named_everywhere(t
     confusion = pd.read_csv(project / "reports" / "cnn" / "plots" / "confusion.csv")
     assert set(confusion["actual"]) == {"Infiltration", "no Infiltration"}
     summary = (project / "reports" / "summary.md").read_text()
-    assert "## Infiltration vs no Infiltration" in summary and "| cnn |" in summary
+    assert "## Infiltration vs no Infiltration" in summary and re.search(r"\| (\*\*)?cnn( \(flagged\)\*\*)? \|", summary)
     manifest = json.loads((project / "models" / "cnn" / "export" / "manifest.json").read_text())
     assert manifest["task"] == "binary" and manifest["targets"] == ["Infiltration"]
     assert manifest["decision"]["positive"] == "Infiltration" and manifest["decision"]["negative"] == "no Infiltration"
     spec = coreml_spec_summary(project / "models" / "cnn" / "export" / "model.mlpackage")
-    assert spec["outputs"] == ["classLabel", "probabilities"]
+    assert spec["outputs"] == ["classLabel", "decision", "probabilities"]
     assert spec["class_labels"] == ["no Infiltration", "Infiltration"]
+    assert spec["threshold"] == manifest["formats"]["coreml"]["threshold"]   # classLabel cuts where the CLI does
     good = str(sorted((BUNDLED / "images").glob("*.png"))[0])
     table = predict_in_process(project, good, "--model", "models/cnn").stdout
     assert re.search(r"Infiltration score \d\.\d{3}: (INFILTRATION|no Infiltration) \(threshold", table), table

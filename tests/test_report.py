@@ -3,17 +3,21 @@ import numpy as np
 
 from cxr.data import FINDINGS
 from cxr.evaluate import bootstrap_weights, evaluate_predictions
-from cxr.report import PER_FINDING, summary_markdown
+from cxr.report import EXPERT_MIN_IMAGES, PER_FINDING, default_variant, summary_markdown
 
-DATA = {"source": "sample", "images": 557, "patients": 555, "split": "patient", "test_images": 60, "size": 32}
+DATA = {"source": "sample", "images": 557, "patients": 555, "split": "patient", "test_images": 60, "size": 32,
+        "split_images": {"train": 400, "val": 97, "test": 60}}
 
 
 def _evaluation(seed: int) -> dict:
     rng = np.random.default_rng(seed)
     y = (rng.random((60, 14)) < 0.3).astype(int)
     p = np.clip(y * 0.2 + rng.random((60, 14)) * 0.8, 0, 1)
-    return evaluate_predictions(FINDINGS, y, p, np.arange(60), y, p, threshold="fbeta", beta=3, min_positives=5,
-                                weights=bootstrap_weights(np.arange(60), 20, 0))["metrics"]
+    m = evaluate_predictions(FINDINGS, y, p, np.arange(60), y, p, threshold="fbeta", beta=3, min_positives=5,
+                             weights=bootstrap_weights(np.arange(60), 20, 0),
+                             val_weights=bootstrap_weights(np.arange(60), 20, 1), prevalence=0.46)["metrics"]
+    m["abnormal"]["calibration"]["method"] = "temperature"
+    return m
 
 
 def test_per_finding_table_sets_published_full_data_results_beside_each_variant():
@@ -59,7 +63,8 @@ def test_seed_study_says_whether_an_image_model_beats_linear_and_which_model_pre
     models = {"cnn": {"family": "cnn", "epochs": 15}, "linear": LINEAR}
     evals = {v: _evaluation(i) for i, v in enumerate(trains)}
     text = summary_markdown(evals, trains, {}, DATA, study, models)
-    assert "Default model of `cxr predict` / `cxr serve`: **linear**" in text   # mobilenet collapsed
+    best, _ = default_variant({v: (e["abnormal"]["val"]["auroc"], e["flags"]) for v, e in evals.items()})
+    assert f"Default model of `cxr predict` / `cxr serve`: **{best}**" in text
     assert "| linear | linear | 0.730 (0.63–0.83) | 0.680 (0.58–0.78) | 100 | yes |" in text
     assert "| cnn | cnn | 0.550 (0.45–0.65) |" in text and "**no: measured with other settings** |" in text
     assert "| cnn_lr3e4 | cnn |" in text and "no (a tuning candidate) |" in text
@@ -79,13 +84,19 @@ def test_subgroup_and_expert_label_tables_show_each_variants_auroc():
                                                                   "auroc_ci95": None}},
         "sex": {"F": entry, "M": {**entry, "auroc": 0.7}}}
     evaluation["expert_labels"] = {
-        "Fracture": {"images": 7, "expert_positives": 1, "status": "no NIH finding to compare"},
-        "Pneumothorax": {"images": 7, "expert_positives": 2, "nlp_positives": 1, "nlp_agreement": 0.857,
+        "Fracture": {"images": 27, "expert_positives": 1, "status": "no NIH finding to compare"},
+        "Pneumothorax": {"images": 27, "expert_positives": 2, "nlp_positives": 1, "nlp_agreement": 0.857,
                          "expert": entry, "nlp": {**entry, "auroc": 0.9}, "status": "ok"}}
     text = summary_markdown({"cnn": evaluation}, {}, {}, DATA)
     assert ("| variant | F (30 img, 20 pos) | M (30 img, 20 pos) | age < 40 (0 img, 0 pos) | "
             "age 40–60 (30 img, 20 pos) |") in text
     assert "| cnn | 0.61 (0.40–0.80) | 0.70 (0.40–0.80) | n/a | 0.50 (0.40–0.80) |" in text
     assert "![age and sex per split](data/age_sex.png)" in text
-    assert "| Fracture | 7 | 1 | n/a | n/a | no NIH finding to compare |  |" in text
-    assert "| Pneumothorax | 7 | 2 | 1 | 0.86 | 0.61 (0.40–0.80) | 0.90 (0.40–0.80) |" in text
+    assert "| Fracture | 27 | 1 | n/a | n/a | no NIH finding to compare |  |" in text
+    assert "| Pneumothorax | 27 | 2 | 1 | 0.86 | 0.61 (0.40–0.80) | 0.90 (0.40–0.80) |" in text
+    assert "On the 27 test images that have both" in text
+    for f in evaluation["expert_labels"].values():   # below the minimum the section says so, and nothing more
+        f["images"] = EXPERT_MIN_IMAGES - 1
+    text = summary_markdown({"cnn": evaluation}, {}, {}, DATA)
+    assert f"{EXPERT_MIN_IMAGES - 1} test image(s) have them, fewer than {EXPERT_MIN_IMAGES}; not reported" in text
+    assert f"| Pneumothorax | {EXPERT_MIN_IMAGES - 1} | 2 |" not in text and "Expert labels (Google 2019, radiologist" not in text

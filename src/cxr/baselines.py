@@ -59,9 +59,12 @@ def metadata_baseline(meta: pd.DataFrame, held_out_patients: Iterable, views: Se
 
 
 def metadata_baselines(meta: pd.DataFrame, held_out_patients: Iterable, views: Sequence[str], target: str,
-                       test_table: pd.DataFrame, truth: np.ndarray, weights: np.ndarray, seed: int) -> dict:
-    """Both metadata baselines, each with its test AUROC and interval (under the models' bootstrap ``weights``)."""
-    from cxr.evaluate import auroc_with_interval
+                       test_table: pd.DataFrame, truth: np.ndarray, weights: np.ndarray, seed: int,
+                       model_score: np.ndarray | None = None) -> dict:
+    """Both metadata baselines, each with its test AUROC and interval (under the models' bootstrap
+    ``weights``) and, given the model's ``model_score`` on the same images, the paired difference
+    of the model's AUROC and the baseline's (``model_minus_baseline``)."""
+    from cxr.evaluate import auroc_with_interval, paired_auroc_difference
 
     held_out = list(held_out_patients)
     out = {}
@@ -71,4 +74,6 @@ def metadata_baselines(meta: pd.DataFrame, held_out_patients: Iterable, views: S
              "dataset artifact, not usable at inference: no scanner writes the follow-up number")):
         fitted, scores = metadata_baseline(meta, held_out, views, target, test_table, columns, seed)
         out[key] = {**fitted, **auroc_with_interval(truth, scores, weights), "use": use}
+        if model_score is not None:
+            out[key]["model_minus_baseline"] = paired_auroc_difference(truth, model_score, scores, weights)
     return out

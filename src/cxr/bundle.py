@@ -19,9 +19,10 @@ from cxr.errors import CxrError, first_line
 from cxr.outputs import file_sha256
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2   # 2: calibration, validation AUROC and flags
 KERAS_FILE = "model.keras"
 COREML_FILE = "model.mlpackage"
+MODEL_CARD_FILE = "MODEL_CARD.md"
 
 
 class BundleError(CxrError):
@@ -48,20 +49,28 @@ def preprocessing(size: int) -> dict:
 
 
 def describe(variant: str, family: str, task: str, targets: list[str], size: int, decision: Decision,
-             threshold_method: str | float, beta: float, formats: dict, source: dict) -> dict:
+             threshold_method: str, beta: float, formats: dict, source: dict, calibration: dict,
+             evaluation: dict) -> dict:
     """The manifest's content (``write_manifest`` adds the version and the files' sha256).
 
     ``formats``: format -> its file and threshold; ``source``: where the model
-    came from (data, split, commit). The decision is rebuilt from ``task``,
-    its positive name and ``targets`` (``Bundle.decision_rule``).
+    came from (data, split, commit); ``calibration``: the map folded into the outputs
+    (``cxr.calibrate``); ``evaluation``: the variant's ``metrics/eval`` figures, whose flags
+    and validation AUROC travel with the model (``cxr predict`` shows the flags, and picks
+    its default by them). The decision is rebuilt from ``task``, its positive name and
+    ``targets`` (``Bundle.decision_rule``).
     """
+    d = evaluation[decision.positive]
     return {"variant": variant, "family": family, "task": task, "targets": list(targets),
             "input": preprocessing(size),
             "decision": {"positive": decision.positive, "negative": decision.negative,
                          "score": decision.describe(targets),
                          "rule": "positive when score >= threshold", "threshold_method": threshold_method,
                          "beta": beta, "threshold_source": "validation split, with each format's own outputs"},
-            "formats": formats, "source": source}
+            "calibration": {**calibration, "fitted_on": "validation split",
+                            "note": "folded into the output layer: every format outputs calibrated probabilities"},
+            "validation": {"decision_auroc": d["val"]["auroc"], "decision_auroc_ci95": d["val"]["auroc_ci95"]},
+            "flags": evaluation["flags"], "formats": formats, "source": source}
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,11 @@ class Bundle:
                 return fmt
         raise BundleError(f"{self.directory / filename}: not a model of this bundle "
                           f"(its {MANIFEST_FILE} lists {', '.join(e['file'] for e in self.manifest['formats'].values())})")
+
+    @property
+    def flags(self) -> list[dict]:
+        """Why this model's decisions should not be acted on (``cxr.evaluate.decision_flags``); [] if none."""
+        return list(self.manifest["flags"])
 
     def threshold(self, fmt: str) -> float:
         return float(self.manifest["formats"][fmt]["threshold"])

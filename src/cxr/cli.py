@@ -75,6 +75,7 @@ def _table(result: dict) -> str:
     flag = positive.upper() if result[positive] else negative
     lines = [f"{result['image']}  [{result['model']}]",
              f"  {positive} score {result[positive + '_score']:.3f}: {flag} (threshold {result['threshold']:.3f})"]
+    lines += [f"  FLAGGED, do not act on this answer: {f}" for f in result["flags"]]
     for name, p in sorted(result["findings"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  {name:<20} {p:.3f}")
     return "\n".join(lines)

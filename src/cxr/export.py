@@ -147,29 +147,40 @@ def parity(reference: np.ndarray, exported: np.ndarray, y: np.ndarray, patients:
 # --- Core ML ---
 
 def export_coreml(model, path: str | os.PathLike, targets: Sequence[str], description: str,
-                  class_labels: Sequence[str] | None = None) -> Path:
+                  class_labels: Sequence[str] | None = None, threshold: float | None = None) -> Path:
     """An ``.mlpackage`` (ML program, iOS 15+) with a grayscale image input named
     ``image`` (0..255, scale 1: the model rescales inside).
 
     Multi-label: output ``probabilities``, one sigmoid per target, the target
     names in the metadata. With ``class_labels`` a Core ML classifier, outputs
     ``classLabel`` and ``probabilities`` (label -> probability), so Vision and
-    Xcode show the labels: one label per softmax output (multiclass), or for a
-    one-output model (binary) its negative and positive side. ``classLabel`` is
-    the likeliest class; the bundle's threshold applies to the decision's score.
+    Xcode show the labels: one label per softmax output (multiclass; ``classLabel`` is
+    the likeliest class), or for a one-output model (binary) its negative and positive
+    side. A binary classifier's ``classLabel`` is the bundle's decision: ``probabilities``
+    is then the model's (calibrated) output per target, and the classifier's dictionary,
+    ``decision``, holds the score re-centred so that 0.5 is ``threshold``
+    (``sigmoid(logit(p) - logit(threshold))``), so its likeliest side is the one the
+    threshold gives.
     """
     import coremltools as ct
     import tensorflow as tf
 
     size = int(model.inputs[0].shape[1])
-    if class_labels is None or len(class_labels) == model.outputs[0].shape[-1]:
+    binary = class_labels is not None and len(class_labels) != model.outputs[0].shape[-1]
+    if not binary:
         serve = tf.function(lambda image: model(image, training=False))
     else:
+        centre = float(np.log(threshold / (1 - threshold))) if threshold is not None and 0 < threshold < 1 else 0.0
+
         def serve_two(image):
             p = model(image, training=False)
-            return tf.concat([1.0 - p, p], axis=1)
+            q = tf.clip_by_value(p, 1e-7, 1 - 1e-7)
+            shifted = tf.sigmoid(tf.math.log(q / (1 - q)) - centre)
+            return tf.concat([1.0 - shifted, shifted], axis=1), p
         serve = tf.function(serve_two)
-    classifier = None if class_labels is None else ct.ClassifierConfig(list(class_labels))
+    # A function's outputs are Identity, Identity_1, ... in order: the classifier reads the first.
+    classifier = None if class_labels is None else ct.ClassifierConfig(
+        list(class_labels), predicted_probabilities_output="Identity" if binary else None)
     # Convert the serving function, not a SavedModel directory (which fails with
     # "Only a single concrete function is supported").
     concrete = serve.get_concrete_function(tf.TensorSpec([1, size, size, 1], tf.float32, name="image"))
@@ -179,15 +190,27 @@ def export_coreml(model, path: str | os.PathLike, targets: Sequence[str], descri
         inputs=[ct.ImageType(name="image", shape=(1, size, size, 1), scale=1.0,
                              color_layout=ct.colorlayout.GRAYSCALE)],
     )
-    # The TF graph's output node is anonymous (a classifier's: <label>_probs); name the feature.
+    # The TF graph's output nodes are anonymous (a classifier's: <label>_probs); name the features.
     spec = converted.get_spec()
-    probabilities = spec.description.predictedProbabilitiesName or spec.description.output[0].name
-    ct.utils.rename_feature(spec, probabilities, "probabilities")
+    if binary:
+        ct.utils.rename_feature(spec, spec.description.predictedProbabilitiesName, "decision")
+        raw = next(o.name for o in spec.description.output if o.name not in ("decision", spec.description.predictedFeatureName))
+        ct.utils.rename_feature(spec, raw, "probabilities")
+    else:
+        probabilities = spec.description.predictedProbabilitiesName or spec.description.output[0].name
+        ct.utils.rename_feature(spec, probabilities, "probabilities")
     mlmodel = ct.models.MLModel(spec, weights_dir=converted.weights_dir, skip_model_load=True)
     mlmodel.short_description = description
     mlmodel.input_description["image"] = f"Chest X-ray, {size}x{size} grayscale, 0..255"
     if class_labels is None:
         mlmodel.output_description["probabilities"] = "Sigmoid probability per class: " + ", ".join(targets)
+    elif binary:
+        mlmodel.output_description["probabilities"] = "Calibrated probability of " + ", ".join(targets)
+        mlmodel.output_description["decision"] = (f"The score re-centred on the threshold {threshold:.4f}: "
+                                                  "0.5 is the threshold (not a probability)")
+        mlmodel.output_description["classLabel"] = f"The decision at the threshold {threshold:.4f}"
+        mlmodel.user_defined_metadata["class_labels"] = json.dumps(list(class_labels))
+        mlmodel.user_defined_metadata["threshold"] = repr(float(threshold))
     else:
         mlmodel.output_description["probabilities"] = "Probability of each class: " + ", ".join(class_labels)
         mlmodel.output_description["classLabel"] = "The likeliest class"
@@ -244,6 +267,8 @@ def coreml_spec_summary(path: str | os.PathLike) -> dict:
         "color_space": ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(image.type.imageType.colorSpace),
         "width": int(image.type.imageType.width), "height": int(image.type.imageType.height),
         "outputs": [o.name for o in spec.description.output],
+        "threshold": (float(spec.description.metadata.userDefined["threshold"])
+                      if "threshold" in spec.description.metadata.userDefined else None),
         "classes": json.loads(spec.description.metadata.userDefined["classes"]),
         "class_labels": (json.loads(spec.description.metadata.userDefined["class_labels"])
                          if spec.description.predictedFeatureName else None),

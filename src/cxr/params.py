@@ -149,10 +149,27 @@ def _min_size(family: str) -> int:
 def _threshold(v):
     if v in ("youden", "fbeta"):
         return v
+    if isinstance(v, dict):
+        if len(v) == 1 and next(iter(v)) in ("sensitivity", "specificity"):
+            (metric, target), = v.items()
+            try:
+                return {metric: _float(0.0, 1.0, lo_open=True)(target)}
+            except _Invalid:
+                pass
+        raise _Invalid("{sensitivity: x} or {specificity: x} with x in (0.0, 1.0]")
     try:
         return _float(0.0, 1.0)(v)
     except _Invalid:
-        raise _Invalid("'youden', 'fbeta' or a number in [0.0, 1.0]") from None
+        raise _Invalid("'youden', 'fbeta', {sensitivity: x}, {specificity: x} or a number in [0.0, 1.0]") from None
+
+
+def _prevalence(v):
+    if v == "nih":
+        return v
+    try:
+        return _float(0.0, 1.0, lo_open=True, hi_open=True)(v)
+    except _Invalid:
+        raise _Invalid("'nih' (the decision's share of all NIH images) or a number in (0.0, 1.0)") from None
 
 
 def _tflite_formats(v):
@@ -254,6 +271,7 @@ class TrainParams:
     steps_per_epoch: int | None = _check(_steps)   # batches per epoch; null: one pass over the train split
     mixed_precision: str = _check(_choice("none", "mixed_float16", "mixed_bfloat16"))  # Keras dtype policy
     feature_cache: bool = _check(_bool)   # frozen epochs fit the head on stored backbone features (cxr.features)
+    calibration: str = _check(_choice("temperature", "platt", "none"))   # fitted on val, folded into the model
     augment: AugmentParams = _nested(AugmentParams)
 
 
@@ -294,9 +312,11 @@ class EvaluateParams:
     bootstrap: int = _check(_int(10, 100_000))           # patient-level bootstrap rounds for the 95% CIs
     seed: int = _check(_SEED)
     min_positives: int = _check(_COUNT)        # test positives a class needs to count in the mean AUROC
-    threshold: str | float = _check(_threshold)  # chosen on validation: youden | fbeta | a fixed number
+    threshold: str | float | dict = _check(_threshold)  # chosen on validation: youden | fbeta |
+    #                                        {sensitivity: x} | {specificity: x} | a fixed number
     beta: float = _check(_float(0.0, 100.0, lo_open=True))  # F-beta's beta: > 1 weighs recall more
     heatmaps: int = _check(_int(0, 1_000))             # Grad-CAM overlays per variant
+    prevalence: str | float = _check(_prevalence)      # where the model is used: PPV, NPV, counts per 1,000
 
 
 @dataclass(frozen=True)

@@ -74,10 +74,16 @@ def plot_pr(y: np.ndarray, score: np.ndarray, path, title: str) -> Path:
     return _save(fig, path)
 
 
-def plot_calibration(curve: list[dict], ece: float, path, title: str, positive: str = "abnormal") -> Path:
+def plot_calibration(curve: list[dict], ece: float, path, title: str, positive: str = "abnormal",
+                     before: dict | None = None) -> Path:
+    """The reliability curve (and, given ``before``'s ``reliability`` and ``ece``, the one before calibration)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="perfect")
+    if before:
+        ax.plot([c["mean_predicted"] for c in before["reliability"]],
+                [c["fraction_positive"] for c in before["reliability"]], "s:", color="grey",
+                label=f"before calibration (ECE {before['ece']:.3f})")
     ax.plot([c["mean_predicted"] for c in curve], [c["fraction_positive"] for c in curve], "o-",
             label=f"model (ECE {ece:.3f})")
     ax.set(xlabel="mean predicted probability", ylabel=f"observed share {positive}", title=title,

@@ -5,7 +5,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from cxr.data.images import ImageReadError, quiet_stderr, read_image, resize_ima
 from cxr.data.labels import Decision
 from cxr.errors import CxrError
 from cxr.bundle import COREML_FILE, MANIFEST_FILE, BundleError, read_bundle
-from cxr.paths import METRICS, MODELS, export_dir
+from cxr.paths import MODELS, export_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
@@ -46,6 +46,7 @@ class Predictor:
     rule: Decision            # how the decision's score comes from the outputs
     run: object               # images (n, s, s, 1) 0..255 -> probabilities
     keras_model: object = None
+    flags: list[str] = field(default_factory=list)   # why its answers should not be acted on, one line each
 
     def predict_pixels(self, pixels: np.ndarray) -> dict:
         """Findings for a decoded image of any size."""
@@ -59,37 +60,48 @@ class Predictor:
                 "findings": {t: round(float(v), 6) for t, v in zip(self.targets, p)},
                 # Named after the decision (abnormal_score / abnormal, Infiltration_score / Infiltration).
                 "decision": self.decision, f"{self.decision}_score": round(score, 6),
-                self.decision: bool(score >= self.threshold), "threshold": self.threshold}
+                self.decision: bool(score >= self.threshold), "threshold": self.threshold, "flags": self.flags}
 
 
-def best_variant(root: Path) -> str:
-    """The exported variant whose decision score has the highest validation AUROC, never a collapsed one."""
-    from cxr.report import best_on_validation
+EVERY_VARIANT_FLAGGED = "every exported variant is flagged; this one has the best validation AUROC of them"
 
-    trains = {path.stem: json.loads(path.read_text()) for path in sorted((root / METRICS / "train").glob("*.json"))
-              if (root / export_dir(path.stem) / MANIFEST_FILE).is_file()}
-    best, collapsed = best_on_validation(trains)
+
+def best_variant(root: Path) -> tuple[str, bool]:
+    """The exported variant to use by default and whether every variant is flagged
+    (``cxr.report.default_variant`` over the bundles' manifests)."""
+    from cxr.report import default_variant
+
+    manifests = {path.parent.parent.name: json.loads(path.read_text())
+                 for path in sorted((root / MODELS).glob(f"*/export/{MANIFEST_FILE}"))}
+    best, all_flagged = default_variant({v: ((m.get("validation") or {}).get("decision_auroc"), m.get("flags"))
+                                         for v, m in manifests.items()})
     if best is None:
-        also = f" (collapsed, not used by default: {', '.join(collapsed)})" if collapsed else ""
-        raise PredictError(f"{root / MODELS}: no usable exported model{also}; run `dvc repro` or pass --model")
-    return best
+        raise PredictError(f"{root / MODELS}: no usable exported model; run `dvc repro` or pass --model")
+    return best, all_flagged
 
 
 def load_predictor(model: str | os.PathLike | None = None, root: str | os.PathLike = ".") -> Predictor:
     """``model``: a bundle (``models/<variant>/export``, or the variant's folder), one
-    model file inside it, or None for the variant whose decision has the best validation AUROC.
-    Everything else (targets, size, threshold) comes from the bundle's manifest."""
+    model file inside it, or None for the default (``best_variant``). Everything else (targets,
+    size, threshold, flags) comes from the bundle's manifest."""
     root = Path(root)
     try:
-        bundle, fmt = read_bundle(model if model else root / export_dir(best_variant(root)))
+        if model:
+            bundle, fmt = read_bundle(model)
+            all_flagged = False
+        else:
+            variant, all_flagged = best_variant(root)
+            bundle, fmt = read_bundle(root / export_dir(variant))
         if fmt == "coreml":
             raise PredictError(f"{bundle.directory / COREML_FILE}: Core ML models predict on macOS only; "
                                "pass the bundle's .keras or .tflite file")
         path = bundle.verified(fmt)
     except BundleError as e:
         raise PredictError(str(e)) from None
+    from cxr.report import flag_lines
     common = dict(variant=bundle.variant, targets=bundle.targets, size=bundle.size,
-                  decision=bundle.decision["positive"], threshold=bundle.threshold(fmt), rule=bundle.decision_rule)
+                  decision=bundle.decision["positive"], threshold=bundle.threshold(fmt), rule=bundle.decision_rule,
+                  flags=flag_lines(bundle.flags) + ([EVERY_VARIANT_FLAGGED] if all_flagged else []))
     if fmt == "keras":
         import_tensorflow_quietly()
         from cxr.inference import compiled, load_model

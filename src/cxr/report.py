@@ -37,19 +37,20 @@ def _auroc_cell(entry: Mapping) -> str:
     return text if entry.get("status", "ok") == "ok" else f"*{text}*"
 
 
-def best_on_validation(trains: Mapping[str, dict]) -> tuple[str | None, list[str]]:
-    """The variant whose decision score has the highest validation AUROC (``val_decision_auroc``
-    of its train metrics), never a collapsed one, and the collapsed ones: what ``cxr predict``
-    and ``cxr serve`` use by default."""
-    scored = {v: t for v, t in trains.items() if t.get("val_decision_auroc") is not None}
-    collapsed = sorted(v for v, t in scored.items() if t.get("collapsed"))
-    usable = {v: t["val_decision_auroc"] for v, t in scored.items() if not t.get("collapsed")}
-    return (max(usable, key=usable.get) if usable else None), collapsed
+def default_variant(candidates: Mapping[str, tuple[float | None, list]]) -> tuple[str | None, bool]:
+    """What ``cxr predict`` and ``cxr serve`` use by default, from each variant's (validation
+    decision AUROC, flags): the best AUROC among the variants without flags, else among all; and
+    whether every variant is flagged."""
+    scored = {v: (auroc, flags) for v, (auroc, flags) in candidates.items() if auroc is not None}
+    clean = {v: auroc for v, (auroc, flags) in scored.items() if not flags}
+    pool = clean or {v: auroc for v, (auroc, _) in scored.items()}
+    return (max(pool, key=pool.get) if pool else None), not clean
 
 
 def _over_seeds(s: Mapping) -> str:
+    """Mean and t-interval of an AUROC over seeds, the interval clipped to [0, 1] (an AUROC's range)."""
     ci = s.get("ci95")
-    return f"{s['mean']:.3f}" + (f" ({ci['low']:.2f}–{ci['high']:.2f})" if ci else "")
+    return f"{s['mean']:.3f}" + (f" ({max(ci['low'], 0.0):.2f}–{min(ci['high'], 1.0):.2f})" if ci else "")
 
 
 def seed_study_markdown(study: Mapping, models: Mapping[str, Mapping], size: int) -> list[str]:
@@ -118,14 +119,20 @@ def subgroup_markdown(evals: Mapping[str, dict], positive: str) -> list[str]:
                     "![age and sex per split](data/age_sex.png)", ""]
 
 
+EXPERT_MIN_IMAGES = 20   # fewer test images with expert labels: the section is left out (its AUROCs are noise)
+
+
 def expert_markdown(evals: Mapping[str, dict]) -> list[str]:
-    """AUROC against Google's 2019 expert labels beside the NLP labels, on the same test images."""
+    """AUROC against Google's 2019 expert labels beside the NLP labels, on the same test images;
+    nothing when fewer than ``EXPERT_MIN_IMAGES`` test images have them."""
     expert = {v: e["expert_labels"] for v, e in evals.items() if "expert_labels" in e}
-    if not expert:
-        return []
+    rated = max((f["images"] for e in expert.values() for f in e.values()), default=0)
+    if rated < EXPERT_MIN_IMAGES:
+        return [f"Expert labels (Google 2019): {rated} test image(s) have them, fewer than {EXPERT_MIN_IMAGES}; "
+                "not reported (`metrics/eval/<variant>.json` holds them).", ""] if expert else []
     variants, first = list(expert), next(iter(expert.values()))
     lines = ["## Expert labels (Google 2019, radiologist-adjudicated) beside the NLP labels", "",
-             "On the test images that have both, each variant's score for the finding (noisy-OR of the NIH "
+             f"On the {rated} test images that have both, each variant's score for the finding (noisy-OR of the NIH "
              "outputs named) against the experts' labels and against the NLP labels. Airspace opacity ← "
              "Consolidation, Infiltration, Pneumonia is this project's mapping; NIH has no fracture finding.", "",
              "| finding | images | expert pos | NLP pos | NLP agrees | "
@@ -153,45 +160,89 @@ def summary_markdown(evals: Mapping[str, dict], trains: Mapping[str, dict], expo
     lines = ["# cxr-pipeline: results across model variants", "",
              f"Data: {data['source']} — {data['images']} images, {data['patients']} patients; "
              f"split {data['split']} (test: {data['test_images']} images). Image size {data['size']} px.", ""]
-    collapsed = [v for v in variants if trains.get(v, {}).get("collapsed")]
-    if collapsed:
-        lines += [f"**Collapsed: {', '.join(collapsed)}. Near-constant predictions on the validation split "
-                  "(the model ignores the image); its AUROCs are ties, not skill. `cxr predict` and `cxr serve` "
-                  "never choose it by default.**", ""]
-
     positive = evals[variants[0]]["decision"] if variants else ABNORMAL
     negative = negative_name(positive)
-    lines += [f"## {positive[0].upper() + positive[1:]} vs {negative} (triage view, test split)", "",
-              "| variant | AUROC (95% CI) | threshold (from val) | sensitivity | specificity | F-beta | ECE | "
-              "val AUROC (train) | epochs |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for v in variants:
-        a = evals[v][positive]
-        op = a["at_threshold"]
-        t = trains.get(v, {})
-        name = f"**{v} (collapsed)**" if v in collapsed else v
-        lines.append(f"| {name} | {_auroc_cell(a)} | {op['threshold']:.3f} ({a['threshold_method']}) | "
-                     f"{_num(op['sensitivity'])} | {_num(op['specificity'])} | {_num(op['fbeta'])} "
-                     f"(β={op['beta']:g}) | {_num(a['ece'])} | {_num(t.get('val_auroc'))} | "
-                     f"{t.get('epochs_run', 'n/a')} |")
+    decisions = {v: evals[v][positive] for v in variants}
     if variants:
-        base = evals[variants[0]][positive]["baselines"]
-        lines += ["", f"Trivial baselines on the same test split: always flag {positive} → sensitivity 1.000, "
-                  f"specificity 0.000, F-beta {base['always_positive']['fbeta']:.3f}; flag at random at the "
-                  f"prevalence ({base['prevalence']['prevalence']:.3f}) → AUROC 0.5.", ""]
+        d = decisions[variants[0]]
+        q = d["target_prevalence"]
+        if abs(d["prevalence"] - q) > 0.05:
+            lines += [f"**Enriched test split: {d['prevalence']:.0%} {positive} against {q:.0%} where the model is to "
+                      f"be used (`evaluate.prevalence`). F-beta, PPV and the triage counts of this split do not "
+                      f"transfer; the PPV, NPV and counts per 1,000 below are at {q:.2f}.**", ""]
+    flagged = {v: evals[v]["flags"] for v in variants if evals[v]["flags"]}
+    if flagged:
+        lines += ["**Flagged (do not act on these decisions; `cxr predict` / `cxr serve` say so beside every "
+                  "answer):**", ""]
+        lines += [f"- **{v}**: " + "; ".join(flag_lines(f)) for v, f in flagged.items()] + [""]
+
+    lines += [f"## {positive[0].upper() + positive[1:]} vs {negative} (triage view)", "",
+              "Threshold chosen on the validation split only; every figure with its patient-bootstrap 95% interval "
+              "(the threshold's: re-chosen on each bootstrap round of the validation patients). Test figures; "
+              f"PPV and NPV at prevalence {q:.2f}." if variants else "", "",
+              "| variant | test AUROC | val AUROC | threshold | sensitivity | specificity | PPV | NPV | "
+              "ECE before → after | vs metadata baseline | epochs |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for v in variants:
+        a = decisions[v]
+        op, cal = a["at_threshold"], a["calibration"]
+        verdict = (a["baselines"].get("metadata") or {}).get("model_minus_baseline")
+        beats = "n/a" if verdict is None else (
+            f"{verdict['verdict']} ({_num(verdict['difference'], 2)}{_ci(verdict['ci95'], 2)})")
+        name = f"**{v} (flagged)**" if v in flagged else v
+        ece = (f"{_num(cal['before']['ece'])} → " if cal.get("before") else "") + _num(cal["after"]["ece"])
+        lines.append(f"| {name} | {_auroc_cell(a)} | {_auroc_cell(a['val'])} | {op['threshold']:.3f}"
+                     f"{_ci(a['threshold_ci95'])} ({a['threshold_method']}) | {_figure(op, 'sensitivity')} | "
+                     f"{_figure(op, 'specificity')} | {_figure(op, 'ppv_at_prevalence')} | "
+                     f"{_figure(op, 'npv_at_prevalence')} | {ece} | {beats} | {trains.get(v, {}).get('epochs_run', 'n/a')} |")
+    if variants:
+        levels = list(decisions[variants[0]]["specificity_at_sensitivity"])
+        lines += ["", "### What triage would save (test split, read off its ROC curve)", "",
+                  f"At each sensitivity: the test specificity (95% CI), and per 1,000 exams at prevalence {q:.2f}, "
+                  f"the {negative} exams that could be set aside at most the stated {positive} exams missed. The "
+                  "threshold is set on the test split here: what the model can do, not a validated operating "
+                  "point (the table above is).", "",
+                  "| variant | " + " | ".join(f"sensitivity {float(lv):.2f}" for lv in levels) + " |",
+                  "|---|" + "---|" * len(levels)]
+        for v in variants:
+            cells = []
+            for lv in levels:
+                r = decisions[v]["specificity_at_sensitivity"][lv]
+                n = r["per_1000"]
+                cells.append(f"specificity {_num(r['specificity'])}{_ci(r['specificity_ci95'], 2)}: "
+                             f"{n['normal_set_aside']:.0f} {negative} set aside per 1,000, ≤ "
+                             f"{n['abnormal_missed_at_most']:.0f} {positive} missed")
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+        base = decisions[variants[0]]["baselines"]
+        lines += ["", f"Trivial baselines on the same test split: always flag {positive} → sensitivity "
+                  f"{_num(base['always_positive']['sensitivity'])}, specificity "
+                  f"{_num(base['always_positive']['specificity'])}, F-beta {base['always_positive']['fbeta']:.3f}; "
+                  f"flag at random at the prevalence ({base['prevalence']['prevalence']:.3f}) → AUROC 0.5.", ""]
         if "metadata" in base:
             m, f = base["metadata"], base["metadata_with_follow_up"]
+            better = [v for v in variants if (decisions[v]["baselines"]["metadata"].get("model_minus_baseline")
+                                              or {}).get("verdict") == "better"]
             lines += [f"**Without the image** (gradient boosting on {m['train_rows']:,} rows of the official "
                       f"metadata, {m['train_patients']:,} patients in neither val nor test), {positive} AUROC on "
                       f"the same test images: age, sex and view position (what a DICOM header carries) "
                       f"**{_auroc_cell(m)}**; adding the follow-up number {_auroc_cell(f)} — a dataset "
-                      "artifact (no scanner writes it), not usable at inference. A model that does not beat the "
-                      "first has learnt nothing from the pixels.", ""]
-        best, _ = best_on_validation(trains)
+                      "artifact (no scanner writes it), not usable at inference. "
+                      + (f"**Beat it** (the paired-bootstrap interval of the AUROC difference above 0): "
+                         f"{', '.join(better)}. " if better else "**No variant beats it** (the paired-bootstrap "
+                         "interval of every AUROC difference reaches 0). ")
+                      + "A model that does not has not shown that it learnt anything from the pixels.", ""]
+        backwards = {v: evals[v]["below_chance_findings"] for v in variants if evals[v]["below_chance_findings"]}
+        if backwards:
+            lines += ["**Findings ranked below chance** (test AUROC interval wholly under 0.5: the model orders "
+                      "these images backwards): " + "; ".join(f"{v}: {', '.join(f)}" for v, f in backwards.items())
+                      + ".", ""]
+        best, all_flagged = default_variant({v: (decisions[v]["val"]["auroc"], evals[v]["flags"]) for v in variants})
         if best is not None:
-            lines += [f"Default model of `cxr predict` / `cxr serve`: **{best}**, the variant whose {positive} "
-                      f"score has the best validation AUROC in this run "
-                      f"({trains[best]['val_decision_auroc']:.3f}).", ""]
+            why = ("**every variant is flagged**, so it is only the least bad: the best validation "
+                   f"{positive} AUROC of them" if all_flagged else
+                   f"the best validation {positive} AUROC among the variants without flags")
+            lines += [f"Default model of `cxr predict` / `cxr serve`: **{best}**, {why} "
+                      f"({decisions[best]['val']['auroc']:.3f}).", ""]
     if seed_study is not None:
         lines += seed_study_markdown(seed_study, models or {}, data["size"])
     if variants:
@@ -238,11 +289,72 @@ def summary_markdown(evals: Mapping[str, dict], trains: Mapping[str, dict], expo
               "the offline default trains from random initialization.", "",
               "| source | model | split | mean AUROC |", "|---|---|---|---|"]
     lines += [f"| {s} | {m} | {sp} | {a} |" for s, m, sp, a in PUBLISHED]
-    lines += ["", MODEL_CARD]
+    if variants and best is not None:
+        lines += ["", model_card(best, evals[best], {"data": data["source"], "images": data["split_images"]})]
+    lines += ["", ABOUT_MODELS]
     return "\n".join(lines) + "\n"
 
 
-MODEL_CARD = """## Model card
+def _ci(ci: Mapping | None, digits: int = 3) -> str:
+    return f" (95% CI {ci['low']:.{digits}f}–{ci['high']:.{digits}f})" if ci else ""
+
+
+def _figure(op: Mapping, key: str) -> str:
+    return f"{_num(op.get(key))}{_ci(op.get(key + '_ci95'))}"
+
+
+def flag_lines(flags: list[Mapping]) -> list[str]:
+    """Each flag as one line: what is wrong and on which split."""
+    return [f"{f['flag'].replace('_', ' ')} ({f['split']}): {f['detail']}" for f in flags]
+
+
+def model_card(variant: str, evaluation: Mapping, source: Mapping) -> str:
+    """A model card from the run's own figures: ``evaluation`` is the variant's
+    ``metrics/eval/<variant>.json``, ``source`` where it came from (``data``, ``images`` per split)."""
+    positive = evaluation["decision"]
+    d = evaluation[positive]
+    op, val_op = d["at_threshold"], d["val_at_threshold"]
+    q = d["target_prevalence"]
+    images = source["images"]
+    cal = d["calibration"]
+    gaps = []
+    for attribute, levels in (d.get("subgroups") or {}).items():
+        scored = {k: v["auroc"] for k, v in levels.items() if v.get("auroc") is not None}
+        if len(scored) > 1:
+            hi, lo = max(scored, key=scored.get), min(scored, key=scored.get)
+            gaps.append(f"{attribute}: {_LEVEL_NAMES.get(lo, lo)} {scored[lo]:.2f} vs {_LEVEL_NAMES.get(hi, hi)} "
+                        f"{scored[hi]:.2f} (gap {scored[hi] - scored[lo]:.2f})")
+    flags = flag_lines(evaluation["flags"])
+    enriched = abs(d["prevalence"] - q) > 0.05
+    lines = [
+        f"## Model card: {variant}", "",
+        f"- **Data**: NIH ChestX-ray14 ({source['data']}), split by patient: {images['train']} train, "
+        f"{images['val']} validation, {images['test']} test images. Labels mined from reports by NLP (noisy).",
+        f"- **Decision**: {positive} vs {negative_name(positive)}; {positive} prevalence {d['prevalence']:.3f} on "
+        f"test, {d['val']['prevalence']:.3f} on validation; {q:.3f} where it is to be used (`evaluate.prevalence`)"
+        + (". **The test split is enriched: F-beta, PPV and counts on it do not transfer; use the figures at "
+           f"{q:.2f}.**" if enriched else "."),
+        f"- **Discrimination**: {positive} AUROC {_num(d['auroc'])}{_ci(d['auroc_ci95'])} on test, "
+        f"{_num(d['val']['auroc'])}{_ci(d['val']['auroc_ci95'])} on validation.",
+        f"- **Operating point** ({d['threshold_method']}, chosen on validation): threshold {op['threshold']:.3f}"
+        f"{_ci(d['threshold_ci95'])}. Test: sensitivity {_figure(op, 'sensitivity')}, specificity "
+        f"{_figure(op, 'specificity')}, PPV {_figure(op, 'ppv')}, NPV {_figure(op, 'npv')}; at prevalence "
+        f"{q:.2f}: PPV {_figure(op, 'ppv_at_prevalence')}, NPV {_figure(op, 'npv_at_prevalence')}. Validation: "
+        f"sensitivity {_figure(val_op, 'sensitivity')}, specificity {_figure(val_op, 'specificity')}.",
+        f"- **Calibration** ({cal.get('method', 'none')}, fitted on validation, folded into the model): "
+        f"test ECE {_num(cal['after']['ece'])}{_ci(cal['after']['ece_ci95'])}"
+        + (f", before calibration {_num(cal['before']['ece'])}{_ci(cal['before']['ece_ci95'])}" if cal["before"] else "")
+        + ".",
+        "- **Subgroup gaps** (test AUROC): " + ("; ".join(gaps) if gaps else "none measurable") + ".",
+        "- **Flags**: " + ("**" + "; ".join(flags) + "**" if flags else "none") + ".",
+        "- **Must not be used for**: diagnosis, or any decision without a radiologist; images other than frontal "
+        "(PA/AP) chest radiographs; populations, scanners or prevalences unlike NIH's without re-validation"
+        + ("; acting on its decisions at all while it carries the flags above" if flags else "") + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+ABOUT_MODELS = """## About these models
 
 - **Data**: NIH ChestX-ray14 (Wang et al., CVPR 2017): frontal chest X-rays from the NIH Clinical Center,
   labels for 14 findings mined from radiology reports by NLP. Splits are by patient; no patient is in two
@@ -252,9 +364,8 @@ MODEL_CARD = """## Model card
 - **Label noise**: NLP-mined labels are imperfect (estimated accuracy above 90% for most findings in the
   original paper; expert re-reads such as Google's 2019 adjudicated labels disagree on a share of images).
   Metrics here are agreement with those labels, not with ground truth.
-- **Limits of the bundled sample**: 557 images; some findings (Edema, Hernia, Pneumonia) have only a handful
-  of test positives, so their AUROCs carry very wide intervals. The offline default starts from random
-  weights and trains for minutes on a CPU: its numbers show the pipeline works end to end, not clinical
-  performance. Rerun at full scale (see README) for meaningful figures.
+- **Small data**: findings with a handful of test positives carry very wide intervals (see the per-finding
+  table). The offline default starts from random weights and trains for minutes on a CPU: its numbers show
+  the pipeline works end to end, not clinical performance. Rerun at full scale (see README).
 - **Thresholds** are chosen on the validation split only and reported on the test split.
 """

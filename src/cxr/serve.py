@@ -99,7 +99,7 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits(), hosts:
     def health():
         return jsonify({"status": "ok", "model": predictor.name, "variant": predictor.variant,
                         "targets": predictor.targets, "decision": predictor.decision,
-                        "threshold": predictor.threshold, "version": __version__})
+                        "threshold": predictor.threshold, "flags": predictor.flags, "version": __version__})
 
     def analyse(upload, name: str, heatmap: bool) -> tuple[int, dict]:
         """Decode, resize and predict one upload: runs on a decoder thread."""
@@ -192,6 +192,7 @@ radiologist must read every study. Model: <code>{{MODEL}}</code>.</p>
   <figure><img id="heatmap" alt="Grad-CAM heatmap"><figcaption id="heatcap">Grad-CAM: where the
   {{DECISION}} score comes from</figcaption></figure>
  </div>
+ <p id="warnings" class="warnings"></p>
  <h2>Findings</h2><ul id="findings"></ul>
 </div>
 <script>
@@ -217,6 +218,8 @@ async function send(file) {
     ' — ' + body.decision + ' score ' + score.toFixed(3) + ' (threshold ' + body.threshold.toFixed(3) +
     ', chosen on validation data)';
   flag.className = 'flag ' + (positive ? 'positive' : 'negative');
+  document.getElementById('warnings').textContent = body.flags.length ?
+    'Do not act on this answer. ' + body.flags.join(' | ') : '';
   document.getElementById('preview').src = body.preview_png;
   const heat = document.getElementById('heatmap');
   if (body.heatmap_png) { heat.src = body.heatmap_png; heat.hidden = false; }

@@ -143,3 +143,13 @@ def build_labels(meta: pd.DataFrame, views: Iterable[str], present: Iterable[str
 def class_counts(table: pd.DataFrame) -> dict[str, int]:
     """Positives per label column."""
     return {name: int(table[name].sum()) for name in LABEL_COLUMNS}
+
+
+def decision_prevalence(meta: pd.DataFrame, views: Iterable[str], targets: Sequence[str], decision: Decision) -> float:
+    """The decision's share of every metadata row in ``views`` (all of NIH with the official
+    metadata): the prevalence the enriched bundled sample is not. A single-label task counts
+    the rows that belong to exactly one class, as relabel keeps them."""
+    table = multi_hot(meta.loc[meta["View Position"].isin(tuple(views)), "Finding Labels"])
+    if decision.exclusive:
+        table, _ = single_class(table, targets)
+    return float(decision.truth(table[list(targets)].to_numpy()).mean())
