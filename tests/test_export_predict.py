@@ -282,6 +282,9 @@ def test_predict_table_and_heatmap(tiny_project, tmp_path):
     proc = predict_in_process(tiny_project, good, "--model", "models/mobilenet", "--heatmap", str(tmp_path / "heat"))
     assert proc.returncode == 0, proc.stderr
     assert "abnormal score" in proc.stdout and "Pleural_Thickening" in proc.stdout
+    from cxr.report import flag_lines
+    flags = json.loads((tiny_project / "models" / "mobilenet" / "export" / "manifest.json").read_text())["flags"]
+    assert [line.split(": ", 1)[1] for line in proc.stdout.splitlines() if "FLAGGED" in line] == flag_lines(flags)
     [overlay] = list((tmp_path / "heat").iterdir())
     assert Image.open(overlay).size[0] > 100
 

@@ -199,7 +199,8 @@ def summary_markdown(evals: Mapping[str, dict], trains: Mapping[str, dict], expo
         levels = list(decisions[variants[0]]["specificity_at_sensitivity"])
         lines += ["", "### What triage would save (test split, read off its ROC curve)", "",
                   f"At each sensitivity: the test specificity (95% CI), and per 1,000 exams at prevalence {q:.2f}, "
-                  f"the {negative} exams that could be set aside at most the stated {positive} exams missed. The "
+                  f"the {negative} exams that could be set aside while at most the stated number of {positive} "
+                  "exams is missed. The "
                   "threshold is set on the test split here: what the model can do, not a validated operating "
                   "point (the table above is).", "",
                   "| variant | " + " | ".join(f"sensitivity {float(lv):.2f}" for lv in levels) + " |",
