@@ -1,4 +1,4 @@
-"""evaluate@<variant>: test-split metrics with CIs, a val-chosen threshold, plots, Grad-CAM."""
+"""evaluate@<variant>: test-split metrics with CIs, a val-chosen threshold, plots, heatmaps."""
 import dataclasses
 import json
 import os
@@ -71,17 +71,19 @@ def main() -> None:
                              f"{variant}: at the val-chosen threshold", names),
     ]
 
-    # Grad-CAM on a seeded choice of test images, those with radiologist boxes first.
+    # Heatmaps of a seeded choice of test images, those with radiologist boxes first.
     boxes = gradcam.read_boxes(BOXES)
     chosen = gradcam.choose_heatmap_images(list(test.names), set(boxes["Image Index"]), ep.heatmaps, ep.seed)
     cams = {}
     with atomic_path(f"{out}/heatmaps") as tmp:
         tmp.mkdir()
         if chosen:
-            for cam, i in zip(gradcam.grad_cam(model, test_images[chosen], params.labels.decision), chosen):
+            method = gradcam.heatmap_method(model)
+            for cam, i in zip(gradcam.heatmaps(model, test_images[chosen], params.labels.decision), chosen):
                 cams[test.names[i]] = cam
                 gradcam.save_overlay(test_images[i], cam, tmp / test.names[i],
-                                     f"{test.names[i]}  {names[0]} score {score[i]:.2f}")
+                                     f"{test.names[i]}  {names[0]} score {score[i]:.2f}\n"
+                                     f"{gradcam.caption(method, cam)}")
     metrics["localization"] = gradcam.localization(cams, boxes)
     # What age, sex and view alone predict, beside the model (no image); the model within each of them.
     test_table = pd.read_csv(LABELS, dtype={"Patient ID": str}).set_index("Image Index").loc[list(test.names)]

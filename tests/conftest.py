@@ -46,7 +46,8 @@ PIPELINE_FIXTURES = {"project", "tiny_project", "tiny_copy", "small_data_dir", "
 # Every file of over ~5 s of CPU is listed: one left to the alphabetical tail (test_models, 19 s) ran
 # there alone while the other process had finished.
 FIRST = ("test_recipes.py", "test_export_predict.py", "test_pipeline.py", "test_hardening.py", "test_train.py",
-         "test_tracking.py", "test_features.py", "test_models.py", "test_serve.py", "test_labels.py")
+         "test_tracking.py", "test_features.py", "test_heatmaps.py", "test_models.py", "test_serve.py",
+         "test_labels.py")
 
 
 def pytest_collection_modifyitems(items):

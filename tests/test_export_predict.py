@@ -3,6 +3,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -339,3 +340,5 @@ def test_a_multiclass_task_is_one_softmax_from_labels_to_core_ml(tiny_copy):
     result = json.loads(predict_in_process(project, good, "--json", "--model", "models/cnn").stdout)
     assert result["decision"] == "abnormal" and set(result["findings"]) == set(classes)
     assert result["abnormal_score"] == pytest.approx(1 - result["findings"]["No Finding"], abs=2e-6)
+    from test_heatmaps import served_heatmap_is_the_rules_map   # abnormal = the classes but No Finding
+    served_heatmap_is_the_rules_map(project, Path(good))

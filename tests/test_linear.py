@@ -87,7 +87,7 @@ def test_more_components_than_images_or_pixels_is_one_line(small_dataset):
 
 def test_heatmap_is_each_cells_share_of_the_logit(small_dataset):
     """One target: the heat is relu(w * z) on the thumbnail, w the cell's weight on the logit."""
-    from cxr.gradcam import _linear_heat, grad_cam
+    from cxr.gradcam import _linear_heat, heatmaps
 
     train = small_dataset.splits["train"]
     model, _ = _fitted(small_dataset, y=train.y[:, :1])
@@ -100,5 +100,5 @@ def test_heatmap_is_each_cells_share_of_the_logit(small_dataset):
     got = _linear_heat(model, images, None).numpy().reshape(3, -1)
     np.testing.assert_allclose(got / got.max(axis=1, keepdims=True), want / want.max(axis=1, keepdims=True),
                                atol=1e-4)
-    cams = grad_cam(model, images)
+    cams = heatmaps(model, images)
     assert cams.shape == (3, 32, 32) and cams.max() == 1.0 and cams.min() >= 0.0

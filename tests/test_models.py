@@ -31,7 +31,7 @@ def test_registry_offers_more_keras_applications():
 
 @pytest.mark.parametrize("family", ["densenet169", "vgg16", "inception_v3", "xception", "nasnetmobile"])
 def test_every_backbone_builds_at_its_smallest_size_and_has_a_heatmap(family):
-    from cxr.gradcam import _feature_forward, grad_cam
+    from cxr.gradcam import _feature_forward, heatmaps
     keras.utils.set_random_seed(0)
     size = MODELS[family].min_size
     model = build_model(family, size, 3, dropout=0.1)
@@ -39,7 +39,7 @@ def test_every_backbone_builds_at_its_smallest_size_and_has_a_heatmap(family):
     assert model(x, training=False).shape == (2, 3)
     features, _ = _feature_forward(model)(x)
     assert features.shape[1] > 1   # a spatial map to explain (an untrained model's heat may be all 0)
-    cams = grad_cam(model, x)
+    cams = heatmaps(model, x)
     assert cams.shape == (2, size, size) and np.isfinite(cams).all() and 0 <= cams.min() <= cams.max() <= 1
     if size > 32:
         with pytest.raises(ModelError, match=f"{family} needs images of at least {size} px, got {size - 1}"):

@@ -1,6 +1,7 @@
 """Recipes: each earlier project's setup as a params override, run as a DVC experiment."""
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -147,6 +148,8 @@ def test_the_ios_app_recipe_in_the_workspace_is_a_binary_task_named_everywhere(t
     result = json.loads(predict_in_process(project, good, "--json", "--model", "models/cnn").stdout)
     assert result["decision"] == "Infiltration" and result["Infiltration"] == (
         result["Infiltration_score"] >= result["threshold"]) and "abnormal" not in result
+    from test_heatmaps import served_heatmap_is_the_rules_map   # the one output, a binary bundle
+    served_heatmap_is_the_rules_map(project, Path(good))
 
     proc = run(["cxr", "recipe", "triage"], project, check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == (

@@ -61,6 +61,12 @@ def test_heatmap_and_preview_on_request(client):
     assert body["heatmap_png"].startswith("data:image/png;base64,")
 
 
+def test_the_served_heatmap_is_the_bundles_rule_map(tiny_project):
+    from test_heatmaps import served_heatmap_is_the_rules_map
+    body = served_heatmap_is_the_rules_map(tiny_project, IMAGES[1])
+    assert body["heatmap_caption"].startswith("HiResCAM") and body["heatmap_caption"].endswith("(abnormal score)")
+
+
 def _gif() -> bytes:
     buf = io.BytesIO()
     Image.open(IMAGES[0]).save(buf, "GIF")

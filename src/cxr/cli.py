@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    ".tflite file inside it; default: the variant whose decision has the best "
                                    "validation AUROC")
     p.add_argument("--json", action="store_true", help="one JSON object per input line")
-    p.add_argument("--heatmap", metavar="OUT_DIR", help="write Grad-CAM overlays here (Keras models)")
+    p.add_argument("--heatmap", metavar="OUT_DIR", help="write heatmap overlays of the decision score here (Keras models)")
     p.set_defaults(func=_predict)
     p = sub.add_parser("serve", help="web page and JSON API: upload an X-ray, see findings and heatmap")
     p.add_argument("--model", help="as for predict; default: the variant whose decision has the best validation AUROC")

@@ -52,6 +52,19 @@ class Predictor:
         """Findings for a decoded image of any size."""
         return self.predict_resized(resize_image(pixels, self.size))
 
+    def heatmap(self, small: np.ndarray) -> np.ndarray | None:
+        """The decision's heatmap (``cxr.gradcam.heatmaps`` through the bundle's rule) for an image
+        already ``size`` x ``size``; None for a model without gradients (TFLite)."""
+        if self.keras_model is None:
+            return None
+        from cxr.gradcam import heatmaps
+        return heatmaps(self.keras_model, small[None, ..., None].astype(np.float32), self.rule)[0]
+
+    @property
+    def heatmap_method(self) -> str | None:
+        from cxr.gradcam import heatmap_method
+        return None if self.keras_model is None else heatmap_method(self.keras_model)
+
     def predict_resized(self, small: np.ndarray) -> dict:
         """Findings for an image already ``size`` x ``size``."""
         p = np.asarray(self.run(small[None, ..., None].astype(np.float32)))[0]
@@ -134,10 +147,11 @@ def predict_files(predictor: Predictor, paths: Iterable[Path]) -> Iterator[tuple
 
 
 def heatmap(predictor: Predictor, path: Path, out_dir: Path) -> Path:
-    """Grad-CAM overlay for one file (Keras models only)."""
-    from cxr.gradcam import grad_cam, save_overlay
+    """The decision's heatmap overlay for one file (Keras models only)."""
+    from cxr.gradcam import caption, save_overlay
     if predictor.keras_model is None:
         raise PredictError("--heatmap needs the Keras model (gradients); pass --model models/<variant>")
-    image = resize_image(read_image(path), predictor.size)[None, ..., None].astype(np.float32)
-    cam = grad_cam(predictor.keras_model, image, predictor.rule)[0]
-    return save_overlay(image[0], cam, out_dir / f"{path.stem}_heatmap.png", f"{path.name} ({predictor.name})")
+    small = resize_image(read_image(path), predictor.size)
+    cam = predictor.heatmap(small)
+    return save_overlay(small, cam, out_dir / f"{path.stem}_heatmap.png",
+                        f"{path.name} ({predictor.name})\n{caption(predictor.heatmap_method, cam)}")

@@ -51,16 +51,10 @@ def trusted_hosts(host: str, allowed: tuple[str, ...] = ()) -> list[str]:
     return list(dict.fromkeys(f"[{n}]" if ":" in n and not n.startswith("[") else n for n in names))
 
 
-def _png_base64(pixels: np.ndarray, cam: np.ndarray | None = None) -> str:
+def _png_base64(rgb: np.ndarray) -> str:
     from PIL import Image
-    image = Image.fromarray(pixels).convert("RGB")
-    if cam is not None:
-        from matplotlib import colormaps
-        heat = colormaps["jet"](cam)[..., :3] * 255
-        alpha = np.where(cam >= 0.05, 0.4, 0.0)[..., None]  # as gradcam.save_overlay: heat only where some
-        image = Image.fromarray((np.asarray(image) * (1 - alpha) + heat * alpha).astype(np.uint8))
     buf = io.BytesIO()
-    image.save(buf, "PNG")
+    Image.fromarray(rgb).save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -118,12 +112,13 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits(), hosts:
         with model_lock:
             result = {"image": name, **predictor.predict_resized(small)}
             if heatmap:
-                cam = None
-                if predictor.keras_model is not None:
-                    from cxr.gradcam import grad_cam
-                    cam = grad_cam(predictor.keras_model, small[None, ..., None].astype(np.float32))[0]
-                result["preview_png"] = _png_base64(small)
-                result["heatmap_png"] = None if cam is None else _png_base64(small, cam)
+                from cxr.gradcam import caption, is_empty, overlay
+                cam = predictor.heatmap(small)
+                result["preview_png"] = _png_base64(overlay(small, None))
+                result["heatmap_png"] = None if cam is None else _png_base64(overlay(small, cam))
+                result["heatmap_empty"] = None if cam is None else is_empty(cam)
+                result["heatmap_caption"] = (None if cam is None else
+                                             caption(predictor.heatmap_method, cam) + f" ({predictor.decision} score)")
         return 200, result
 
     @app.post("/api/predict")
@@ -189,7 +184,7 @@ radiologist must read every study. Model: <code>{{MODEL}}</code>.</p>
  <p id="flag" class="flag"></p>
  <div class="row">
   <figure><img id="preview" alt="uploaded X-ray"><figcaption>image as the model sees it</figcaption></figure>
-  <figure><img id="heatmap" alt="Grad-CAM heatmap"><figcaption id="heatcap">Grad-CAM: where the
+  <figure><img id="heatmap" alt="heatmap of the {{DECISION}} score"><figcaption id="heatcap">where the
   {{DECISION}} score comes from</figcaption></figure>
  </div>
  <p id="warnings" class="warnings"></p>
@@ -222,7 +217,8 @@ async function send(file) {
     'Do not act on this answer. ' + body.flags.join(' | ') : '';
   document.getElementById('preview').src = body.preview_png;
   const heat = document.getElementById('heatmap');
-  if (body.heatmap_png) { heat.src = body.heatmap_png; heat.hidden = false; }
+  if (body.heatmap_png) { heat.src = body.heatmap_png; heat.hidden = false;
+    document.getElementById('heatcap').textContent = body.heatmap_caption; }
   else { heat.hidden = true; document.getElementById('heatcap').textContent = 'no heatmap for this model format'; }
   const list = document.getElementById('findings'); list.innerHTML = '';
   Object.entries(body.findings).sort((a, b) => b[1] - a[1]).forEach(([name, p]) => {
