@@ -113,3 +113,65 @@ def rotated_jpeg(pixels: np.ndarray, orientation: int) -> bytes:
     buf = io.BytesIO()
     stored.save(buf, "JPEG", quality=95, exif=exif)
     return buf.getvalue()
+
+
+def rle_dicom_bomb(rows: int = 64, columns: int = 64, repeat_pairs: int = 2_000_000) -> bytes:
+    """A small 16-bit RLE Lossless DICOM whose two segments are repeat runs (``0x81 x``: 128
+    copies of x per 2 bytes): ``repeat_pairs`` pairs decode to 128x their size."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+    segment = b"\x81\x00" * repeat_pairs
+    frame = struct.pack("<16L", 2, 64, 64 + len(segment), *([0] * 13)) + segment + segment
+    ds = xray_dicom(np.zeros((rows, columns), np.uint16))
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    return dicom_bytes(ds)
+
+
+def jpeg_scan_bomb(jpeg: bytes, scans: int = 10_000) -> bytes:
+    """A real JPEG with ``scans`` empty 10-byte progressive scans added before its end (each costs
+    the decoder a pass over the image)."""
+    empty_scan = b"\xff\xda\x00\x08\x01\x01\x00\x00\x00\x00"
+    return jpeg[:-2] + empty_scan * scans + b"\xff\xd9"
+
+
+def mutants(data: bytes, count: int, seed: int):
+    """Seeded truncations, overwritten bytes and overwritten 4-byte words of ``data``, in turn."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        d = bytearray(data)
+        if i % 3 == 0:
+            d = d[: int(rng.integers(1, len(d)))]
+        elif i % 3 == 1:
+            for _ in range(int(rng.integers(1, 8))):
+                d[int(rng.integers(0, len(d)))] = int(rng.integers(0, 256))
+        else:
+            at = int(rng.integers(0, len(d)))
+            d[at:at + 4] = bytes(rng.integers(0, 256, 4).astype(np.uint8))
+        yield bytes(d)
+
+
+def fuzz_seeds(thumbnails: list) -> list[tuple[str, bytes]]:
+    """Real X-ray thumbnails (paths) as a PNG, a baseline and a progressive JPEG, an RGB PNG, and
+    a plain, a deflated and an RLE DICOM: the files the fuzz tests mutate."""
+    from pydicom.uid import RLELossless
+    seeds = []
+    for path in thumbnails:
+        png = open(path, "rb").read()
+        img = Image.open(io.BytesIO(png)).convert("L")
+        pixels = np.asarray(img)
+        seeds.append(("png", png))
+        for name, options in (("jpeg", {}), ("progressive jpeg", {"progressive": True})):
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=90, **options)
+            seeds.append((name, buf.getvalue()))
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, "PNG")
+        seeds.append(("rgb png", buf.getvalue()))
+        seeds.append(("dicom", dicom_bytes(xray_dicom(pixels))))
+        seeds.append(("deflated dicom", dicom_bytes(xray_dicom(pixels, DeflatedExplicitVRLittleEndian))))
+        rle = xray_dicom(pixels)
+        rle.compress(RLELossless)
+        seeds.append(("rle dicom", dicom_bytes(rle)))
+    return seeds

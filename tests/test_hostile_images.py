@@ -118,3 +118,56 @@ def test_oversized_file_is_refused_without_reading_it(tmp_path):
         f.truncate(MAX_FILE_BYTES + 1)   # sparse: no disk used
     with pytest.raises(ImageReadError, match=r"^file is \d+ MB, over the \d+ MB limit$"):
         read_image(big)
+
+
+def test_fifo_device_and_directory_are_refused_without_reading(tmp_path):
+    import os
+    os.mkfifo(tmp_path / "pipe.png")   # opening it for reading would block until a writer came
+    (tmp_path / "zero.png").symlink_to("/dev/zero")   # endless: reading it grew to 23.7 GB
+    (tmp_path / "folder.png").mkdir()
+    for name, kind in (("pipe.png", "a FIFO"), ("zero.png", "a character device"), ("folder.png", "a directory")):
+        with pytest.raises(ImageReadError, match=rf"^not a regular file \({kind}\)$"):
+            read_image(tmp_path / name)
+
+
+def test_jpeg_with_thousands_of_empty_scans_is_refused_before_decoding(xray):
+    import io
+    import time
+    buf = io.BytesIO()
+    Image.fromarray(xray).save(buf, "JPEG", quality=90, progressive=True)
+    assert read_image(buf.getvalue()).shape == xray.shape   # a real progressive JPEG (about 10 scans) reads
+    started = time.perf_counter()
+    with pytest.raises(ImageReadError, match=r"^JPEG has 10\d{3} scans, over the 64 a real image uses"):
+        read_image(hostile.jpeg_scan_bomb(buf.getvalue(), 10_000))
+    assert time.perf_counter() - started < 0.5   # decoding it took 54 s of CPU at 6700 px
+
+
+def test_rle_dicom_is_read_exactly_and_an_rle_bomb_refused_before_pydicom_builds_it(tmp_path, xray):
+    from pydicom.uid import RLELossless
+    raw = hostile.xray_dicom(xray)
+    rle = hostile.xray_dicom(xray)
+    rle.compress(RLELossless)
+    np.testing.assert_array_equal(read_image(hostile.dicom_bytes(rle)), read_image(hostile.dicom_bytes(raw)))
+    bomb = hostile.rle_dicom_bomb(repeat_pairs=2_000_000)   # 8 MB that pydicom would decode to 512 MB
+    growth, outcome = _peak_rss_growth_mb(tmp_path, bomb)
+    assert outcome == "refused: DICOM RLE segment decodes to more than the header's 4096 pixels (decompression bomb?)"
+    assert growth < 100, growth
+
+
+def test_fuzzed_png_jpeg_and_dicom_either_read_or_raise_one_image_read_error():
+    """Thousands of seeded truncations and overwrites of real X-ray files: nothing but an image
+    or an ``ImageReadError`` comes out (a truncated JPEG header was an OSError)."""
+    from conftest import LOWRES
+    seeds = hostile.fuzz_seeds(sorted((LOWRES / "images").glob("*.png"))[:4])
+    outcomes = {"read": 0, "refused": 0}
+    for index, (kind, data) in enumerate(seeds):
+        for mutant in hostile.mutants(data, 150, seed=index):
+            try:
+                pixels = read_image(mutant)
+            except ImageReadError as e:
+                assert str(e) and "\n" not in str(e), kind
+                outcomes["refused"] += 1
+            else:
+                assert pixels.dtype == np.uint8 and pixels.ndim == 2 and pixels.size, kind
+                outcomes["read"] += 1
+    assert sum(outcomes.values()) == 4 * 7 * 150 and min(outcomes.values()) > 100   # both outcomes exercised

@@ -258,3 +258,16 @@ def test_page_in_headless_chromium_shows_findings_and_heatmap(server, tmp_path):
     # CXR_SCREENSHOT=reports/serve_screenshot.png make test
     if os.environ.get("CXR_SCREENSHOT"):
         shutil.copy(shot, os.environ["CXR_SCREENSHOT"])
+
+
+def test_fuzzed_uploads_get_an_answer_or_a_4xx_never_a_5xx(client):
+    """Seeded truncations and overwrites of real PNG, JPEG and DICOM files through the app."""
+    from conftest import LOWRES
+    statuses = {}
+    for index, (kind, data) in enumerate(hostile.fuzz_seeds(sorted((LOWRES / "images").glob("*.png"))[:1])):
+        for mutant in hostile.mutants(data, 40, seed=index):
+            response = _post(client, mutant)
+            assert response.status_code in (200, 400, 413, 415, 422), (kind, response.status_code)
+            assert response.is_json and ("error" in response.get_json()) == (response.status_code != 200)
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+    assert statuses.get(200) and statuses.get(422)   # both kinds of answer exercised

@@ -14,6 +14,7 @@ import contextlib
 import io
 import math
 import os
+import stat
 import struct
 import warnings
 import zlib
@@ -34,6 +35,11 @@ FORMATS = ("PNG", "JPEG")            # Pillow formats; DICOM is read by pydicom
 _DICOM_MAGIC = b"DICM"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+_RLE = "1.2.840.10008.1.2.5"          # RLE Lossless
+_JPEG_SOI, _JPEG_SOS = b"\xff\xd8", b"\xff\xda"
+# A progressive JPEG has about 10 scans (Pillow's and libjpeg's default script); each extra scan,
+# even an empty one, costs a pass over the whole image, so thousands make a CPU bomb.
+MAX_JPEG_SCANS = 64
 _CHUNK_PIXELS = 1 << 20               # rows converted at a time: bounds float temporaries
 
 
@@ -176,6 +182,41 @@ def _check_inflated_size(deflated: bytes) -> None:
         raise ImageReadError(f"deflated DICOM inflates past {MAX_FILE_BYTES >> 20} MB (decompression bomb?)")
 
 
+def _rle_segment_length(segment: bytes, limit: int) -> int:
+    """The bytes a PackBits segment decodes to, counted without decoding, stopping past ``limit``."""
+    i, n, out = 0, len(segment), 0
+    while i < n and out <= limit:
+        header = segment[i]
+        if header < 128:       # copy the next header + 1 bytes (those there are: a segment may end in padding)
+            out, i = out + min(header + 1, n - i - 1), i + header + 2
+        elif header > 128:     # repeat the next byte 257 - header times
+            out, i = out + 257 - header, i + 2
+        else:                  # 128: no operation
+            i += 1
+    return out
+
+
+def _check_rle(pixel_data: bytes, pixels: int) -> None:
+    """Each RLE segment (one per byte of a sample) decodes to exactly rows x columns bytes; one
+    that would decode to more is refused before pydicom builds it (19 MB of repeat runs decode
+    to gigabytes)."""
+    from pydicom.encaps import generate_frames
+
+    frame = next(generate_frames(pixel_data, number_of_frames=1), b"")
+    if len(frame) < 64:
+        raise ImageReadError("DICOM RLE frame is shorter than its 64-byte header")
+    count, *offsets = struct.unpack("<16L", frame[:64])
+    if not 1 <= count <= 15:
+        raise ImageReadError(f"DICOM RLE frame has {count} segments, expected 1 to 15")
+    ends = offsets[1:count] + [len(frame)]
+    for start, end in zip(offsets[:count], ends):
+        if not 64 <= start <= end <= len(frame):
+            raise ImageReadError("DICOM RLE segment offsets are out of order or outside the frame")
+        if _rle_segment_length(frame[start:end], pixels) > pixels:
+            raise ImageReadError(f"DICOM RLE segment decodes to more than the header's {pixels} pixels "
+                                 "(decompression bomb?)")
+
+
 def _read_dicom(data: bytes) -> np.ndarray:
     import pydicom  # only DICOM inputs pay for the import
     from pydicom.filereader import _read_file_meta_info, read_preamble
@@ -209,6 +250,8 @@ def _read_dicom(data: bytes) -> np.ndarray:
     _header_number(ds, "RescaleIntercept", 0.0)   # checked here; apply_modality_lut applies it with the slope
     if _header_number(ds, "RescaleSlope", 1.0) == 0:
         raise ImageReadError("DICOM RescaleSlope is 0, expected a non-zero number")
+    if str(meta.get("TransferSyntaxUID", "")) == _RLE:
+        _check_rle(ds.PixelData, rows * cols)
     try:
         a = ds.pixel_array
     except Exception as e:
@@ -237,25 +280,57 @@ def read_image(source: str | os.PathLike | bytes,
                png_decoder: Callable[[bytes], np.ndarray | None] = decode_png_libspng) -> np.ndarray:
     """Decode a PNG, JPEG or DICOM (path or bytes) to a 2-D uint8 grayscale array;
     ``png_decoder`` decodes 8-bit grayscale PNGs (the others go to Pillow)."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-    else:
-        try:
-            with open(source, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size > MAX_FILE_BYTES:
-                    raise ImageReadError(f"file is {size >> 20} MB, over the {MAX_FILE_BYTES >> 20} MB limit")
-                data = f.read()
-        except OSError as e:
-            raise ImageReadError(f"cannot read file ({e.strerror or e})") from None
+    data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else _read_file(source)
     if not data:
         raise ImageReadError("empty file (0 bytes)")
     if len(data) > MAX_FILE_BYTES:
         raise ImageReadError(f"data is {len(data) >> 20} MB, over the {MAX_FILE_BYTES >> 20} MB limit")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)   # pydicom's notes on odd values: the error says what counts
+            return _decode(data, png_decoder)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError("decoding it needs more memory than this machine has") from None
+    except Exception as e:   # any decoder's own error for a broken file (a truncated header, an unknown VR)
+        raise ImageReadError(f"corrupt image data ({type(e).__name__}: {first_line(e)})") from None
+
+
+def _decode(data: bytes, png_decoder: Callable[[bytes], np.ndarray | None]) -> np.ndarray:
     if data[128:132] == _DICOM_MAGIC:
         return _read_dicom(data)
+    if data[:2] == _JPEG_SOI and (scans := data.count(_JPEG_SOS)) > MAX_JPEG_SCANS:
+        raise ImageReadError(f"JPEG has {scans} scans, over the {MAX_JPEG_SCANS} a real image uses "
+                             "(a decode-time bomb?)")
     fast = _read_png_gray8(data, png_decoder)
     return fast if fast is not None else _read_pillow(io.BytesIO(data))
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _read_file(path: str | os.PathLike) -> bytes:
+    """A regular file's bytes, its size checked first; anything else (a FIFO, a device such as
+    /dev/zero behind a symlink) is refused before a byte is read: it may never end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)   # a FIFO must not block the open itself
+    except OSError as e:
+        raise ImageReadError(f"cannot read file ({e.strerror or e})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "of an unknown kind")
+            raise ImageReadError(f"not a regular file ({kind})")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ImageReadError(f"file is {info.st_size >> 20} MB, over the {MAX_FILE_BYTES >> 20} MB limit")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ImageReadError(f"cannot read file ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
 
 
 def resize_image(pixels: np.ndarray, size: int) -> np.ndarray:
