@@ -120,6 +120,10 @@ def test_predict_png_jpeg_dicom_and_folder(tiny_project, tmp_path):
     proc = predict_in_process(tiny_project, str(images[2]), str(tmp_path / "inputs"), "--json")
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(line) for line in proc.stdout.splitlines()]
+    # The default is said, with its reason, never taken silently.
+    variant = results[0]["model"].split()[0]
+    assert re.search(rf"^cxr predict: using {variant} \(keras\); no --model given: {variant}, the best validation "
+                     r"abnormal AUROC \(\d\.\d{3}\) (of|among) the exported variants", proc.stderr, re.M), proc.stderr
     assert [r["image"].rsplit("/", 1)[-1] for r in results] == [images[2].name, "xray.dcm", "xray.jpg"]
     from cxr.report import flag_lines
     for r in results:
@@ -190,7 +194,8 @@ def test_predict_bad_inputs_are_one_line_each_and_others_still_predicted(tiny_pr
                     str(tmp_path / "notes.png"), str(tmp_path / "missing.png"), str(tmp_path / "figure.jpg"), "--json")
     assert proc.returncode == 1
     assert [json.loads(line)["image"] for line in proc.stdout.splitlines()] == [good]
-    errors = proc.stderr.strip().splitlines()
+    using, *errors = proc.stderr.strip().splitlines()   # first, the default model it took and why
+    assert using.startswith("cxr predict: using ") and "no --model given" in using
     assert errors == [f"cxr predict: {tmp_path / 'empty.png'}: empty file (0 bytes)",
                       f"cxr predict: {tmp_path / 'slope.dcm'}: DICOM RescaleSlope is 'one point five', "
                       "expected a finite number",
@@ -342,3 +347,12 @@ def test_a_multiclass_task_is_one_softmax_from_labels_to_core_ml(tiny_copy):
     assert result["abnormal_score"] == pytest.approx(1 - result["findings"]["No Finding"], abs=2e-6)
     from test_heatmaps import served_heatmap_is_the_rules_map   # abnormal = the classes but No Finding
     served_heatmap_is_the_rules_map(project, Path(good))
+
+
+def test_heatmap_with_a_tflite_model_fails_before_any_image_is_read(tiny_project, tmp_path):
+    images = [str(p) for p in sorted((BUNDLED / "images").glob("*.png"))[:2]]
+    proc = predict_in_process(tiny_project, *images, "--model", "models/cnn/export/model_fp32.tflite",
+                              "--heatmap", str(tmp_path / "heat"))
+    assert proc.returncode != 0 and proc.stdout == "" and not (tmp_path / "heat").exists()
+    assert proc.stderr.strip().splitlines() == [
+        "cxr predict: --heatmap needs the Keras model (gradients); pass --model models/<variant>"]

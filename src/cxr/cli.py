@@ -45,6 +45,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     from cxr.predict import collect_inputs, heatmap, load_predictor, predict_files
     predictor = load_predictor(args.model)
+    if args.heatmap:
+        predictor.require_gradients()
+    if predictor.chosen_because:   # the default may change with any re-export: never silently
+        print(f"cxr predict: using {predictor.name}; {predictor.chosen_because}", file=sys.stderr)
     paths = collect_inputs(args.paths)
     if not paths:
         print("cxr predict: no image files found", file=sys.stderr)
@@ -138,10 +142,14 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    import sys
+
     from cxr.predict import load_predictor
     from cxr.serve import ServeLimits, create_app, make_server, trusted_hosts
     limits = ServeLimits(max_mb=args.max_mb, concurrency=args.concurrency, timeout=args.timeout)
     predictor = load_predictor(args.model)
+    if predictor.chosen_because:
+        print(f"cxr serve: using {predictor.name}; {predictor.chosen_because}", file=sys.stderr, flush=True)
     hosts = trusted_hosts(args.host, tuple(args.allowed_host))
     server = make_server(create_app(predictor, limits, hosts), args.host, args.port, limits)
     print(f"cxr serve: {predictor.name} on http://{args.host}:{server.effective_port}/ "

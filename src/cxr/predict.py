@@ -47,6 +47,12 @@ class Predictor:
     run: object               # images (n, s, s, 1) 0..255 -> probabilities
     keras_model: object = None
     flags: list[str] = field(default_factory=list)   # why its answers should not be acted on, one line each
+    chosen_because: str | None = None   # when the default was taken (no --model): which variant and why
+
+    def require_gradients(self) -> None:
+        """Heatmaps need the Keras model: say so before any image is read."""
+        if self.keras_model is None:
+            raise PredictError("--heatmap needs the Keras model (gradients); pass --model models/<variant>")
 
     def predict_pixels(self, pixels: np.ndarray) -> dict:
         """Findings for a decoded image of any size."""
@@ -99,12 +105,17 @@ def load_predictor(model: str | os.PathLike | None = None, root: str | os.PathLi
     size, threshold, flags) comes from the bundle's manifest."""
     root = Path(root)
     try:
+        chosen_because = None
         if model:
             bundle, fmt = read_bundle(model)
             all_flagged = False
         else:
             variant, all_flagged = best_variant(root)
             bundle, fmt = read_bundle(root / export_dir(variant))
+            chosen_because = (f"no --model given: {variant}, the best validation {bundle.decision['positive']} AUROC "
+                              f"({bundle.manifest['validation']['decision_auroc']:.3f}) "
+                              + ("of the exported variants, every one of them flagged" if all_flagged
+                                 else "among the exported variants without flags"))
         if fmt == "coreml":
             raise PredictError(f"{bundle.directory / COREML_FILE}: Core ML models predict on macOS only; "
                                "pass the bundle's .keras or .tflite file")
@@ -114,7 +125,8 @@ def load_predictor(model: str | os.PathLike | None = None, root: str | os.PathLi
     from cxr.report import flag_lines
     common = dict(variant=bundle.variant, targets=bundle.targets, size=bundle.size,
                   decision=bundle.decision["positive"], threshold=bundle.threshold(fmt), rule=bundle.decision_rule,
-                  flags=flag_lines(bundle.flags) + ([EVERY_VARIANT_FLAGGED] if all_flagged else []))
+                  flags=flag_lines(bundle.flags) + ([EVERY_VARIANT_FLAGGED] if all_flagged else []),
+                  chosen_because=chosen_because)
     if fmt == "keras":
         import_tensorflow_quietly()
         from cxr.inference import compiled, load_model
@@ -149,8 +161,7 @@ def predict_files(predictor: Predictor, paths: Iterable[Path]) -> Iterator[tuple
 def heatmap(predictor: Predictor, path: Path, out_dir: Path) -> Path:
     """The decision's heatmap overlay for one file (Keras models only)."""
     from cxr.gradcam import caption, save_overlay
-    if predictor.keras_model is None:
-        raise PredictError("--heatmap needs the Keras model (gradients); pass --model models/<variant>")
+    predictor.require_gradients()
     small = resize_image(read_image(path), predictor.size)
     cam = predictor.heatmap(small)
     return save_overlay(small, cam, out_dir / f"{path.stem}_heatmap.png",
