@@ -356,3 +356,41 @@ def test_heatmap_with_a_tflite_model_fails_before_any_image_is_read(tiny_project
     assert proc.returncode != 0 and proc.stdout == "" and not (tmp_path / "heat").exists()
     assert proc.stderr.strip().splitlines() == [
         "cxr predict: --heatmap needs the Keras model (gradients); pass --model models/<variant>"]
+
+
+def _edited(manifest: dict, path: str, value) -> dict:
+    """A deep copy of ``manifest`` with the dotted key ``path`` set to ``value`` (or removed: ...)."""
+    edited = json.loads(json.dumps(manifest))
+    *parents, last = path.split(".")
+    node = edited
+    for key in parents:
+        node = node[key]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    return edited
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("formats.keras.threshold", float("nan"), r"formats\.keras\.threshold: expected a number in \[0, 1\], got NaN"),
+    ("formats.keras.threshold", "abc", r"formats\.keras\.threshold: expected a number in \[0, 1\], got \"abc\""),
+    ("formats.keras.threshold", None, r"formats\.keras\.threshold: expected a number in \[0, 1\], got null"),
+    ("formats.keras.file", "../../cnn/export/model.keras", r"formats\.keras\.file: expected a path inside the bundle"),
+    ("files", {}, r"formats\.keras\.file: expected a file listed \(and hashed\) in files"),
+    ("input.size", 0, r"input\.size: expected a whole number in \[32, 1024\], got 0"),
+    ("input.size", 100000, r"input\.size: expected a whole number in \[32, 1024\], got 100000"),
+    ("input", ..., r"input: expected a JSON object, got null"),
+    ("targets", ["Atelectasis"], r"decision\.positive: expected one of \[\] for a multilabel task|model has 14 outputs"),
+    ("task", "regression", r"task: expected multilabel or binary or multiclass, got \"regression\""),
+])
+def test_an_edited_manifest_is_refused_in_one_line(tiny_project, tmp_path, key, value, expected):
+    bundle = tmp_path / "export"
+    shutil.copytree(tiny_project / "models" / "cnn" / "export", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps(_edited(manifest, key, value)))
+    proc = predict_in_process(tiny_project, str(sorted((BUNDLED / "images").glob("*.png"))[0]), "--model", str(bundle))
+    assert proc.returncode != 0 and proc.stdout == ""
+    [line] = proc.stderr.strip().splitlines()
+    assert re.search(expected, line) and line.startswith(f"cxr predict: {bundle / 'manifest.json'}: ") or \
+        "outputs" in line, line

@@ -10,7 +10,9 @@ changed after export is refused instead of silently mis-scored.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,8 +155,80 @@ def read_bundle(path: str | os.PathLike) -> tuple[Bundle, str]:
     if version != MANIFEST_VERSION:
         raise BundleError(f"{manifest_path}: manifest_version {version!r}, expected {MANIFEST_VERSION}; "
                           "re-export with this version of cxr")
+    check_manifest(manifest, manifest_path)
     bundle = Bundle(directory, manifest)
     return bundle, "keras" if filename is None else bundle.format_of(filename)
+
+
+TASKS = ("multilabel", "binary", "multiclass")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _confined(name: object) -> bool:
+    """A relative POSIX path that stays inside the bundle."""
+    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name:
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def check_manifest(manifest: object, path: Path) -> None:
+    """The manifest's schema, one line per problem (the first found): the keys ``cxr predict``
+    and ``serve`` use, of the right types and ranges, finite numbers, targets that name a
+    decision, every format's file listed and hashed, every path inside the bundle."""
+    def fail(key: str, expected: str, got: object) -> None:
+        raise BundleError(f"{path}: {key}: expected {expected}, got {json.dumps(got)[:60]}")
+
+    def number(key: str, value: object, lo: float, hi: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not lo <= value <= hi:
+            fail(key, f"a number in [{lo:g}, {hi:g}]", value)
+
+    if not isinstance(manifest, dict):
+        fail("manifest", "a JSON object", manifest)
+    for key, kind in (("variant", str), ("family", str), ("task", str), ("targets", list), ("input", dict),
+                      ("decision", dict), ("formats", dict), ("files", dict), ("flags", list), ("validation", dict)):
+        if not isinstance(manifest.get(key), kind):
+            fail(key, f"a {'JSON ' + kind.__name__.replace('str', 'string').replace('dict', 'object')}",
+                 manifest.get(key))
+    if manifest["task"] not in TASKS:
+        fail("task", " or ".join(TASKS), manifest["task"])
+    targets = manifest["targets"]
+    if not targets or not all(isinstance(t, str) and t for t in targets) or len(set(targets)) != len(targets):
+        fail("targets", "a non-empty list of distinct names", targets)
+    size = manifest["input"].get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 1024:
+        fail("input.size", "a whole number in [32, 1024]", size)
+    positive = manifest["decision"].get("positive")
+    if not isinstance(positive, str):
+        fail("decision.positive", "a string", positive)
+    task = manifest["task"]
+    allowed = {"multilabel": ["abnormal"], "binary": targets[:1] if len(targets) == 1 else [],
+               "multiclass": (["abnormal"] if "No Finding" in targets else []) + targets}[task]
+    if positive not in allowed:
+        fail("decision.positive", f"one of {allowed} for a {task} task with these targets", positive)
+    files = manifest["files"]
+    for name, digest in files.items():
+        if not _confined(name):
+            fail(f"files[{name!r}]", "a path inside the bundle", name)
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            fail(f"files[{name!r}]", "a sha256 hex digest", digest)
+    if "keras" not in manifest["formats"]:
+        fail("formats", "an entry for the keras model", sorted(manifest["formats"]))
+    for fmt, entry in manifest["formats"].items():
+        if not isinstance(entry, dict):
+            fail(f"formats.{fmt}", "a JSON object", entry)
+        name = entry.get("file")
+        if not _confined(name):
+            fail(f"formats.{fmt}.file", "a path inside the bundle", name)
+        if name not in files and not any(k.startswith(name + "/") for k in files):
+            fail(f"formats.{fmt}.file", "a file listed (and hashed) in files", name)
+        number(f"formats.{fmt}.threshold", entry.get("threshold"), 0.0, 1.0 + 1e-9)
+    auroc = manifest["validation"].get("decision_auroc")
+    if auroc is not None:
+        number("validation.decision_auroc", auroc, 0.0, 1.0)
+    for i, flag in enumerate(manifest["flags"]):
+        if not isinstance(flag, dict) or not all(isinstance(flag.get(k), str) for k in ("flag", "split", "detail")):
+            fail(f"flags[{i}]", "an object with flag, split and detail strings", flag)
 
 
 def write_manifest(directory: str | os.PathLike, manifest: dict) -> Path:

@@ -131,9 +131,19 @@ def load_predictor(model: str | os.PathLike | None = None, root: str | os.PathLi
         import_tensorflow_quietly()
         from cxr.inference import compiled, load_model
         keras_model = load_model(path)
+        _check_outputs(path, int(keras_model.output_shape[-1]), bundle)
         return Predictor(f"{bundle.variant} (keras)", run=compiled(keras_model), keras_model=keras_model, **common)
     from cxr.export import TFLiteModel
-    return Predictor(f"{bundle.variant} ({path.name})", run=TFLiteModel(path).predict, **common)
+    runner = TFLiteModel(path)
+    _check_outputs(path, int(runner.output["shape"][-1]), bundle)
+    return Predictor(f"{bundle.variant} ({path.name})", run=runner.predict, **common)
+
+
+def _check_outputs(path: Path, outputs: int, bundle) -> None:
+    """The manifest names one target per model output, or the findings would be mislabelled."""
+    if outputs != len(bundle.targets):
+        raise PredictError(f"{path}: the model has {outputs} outputs, its {MANIFEST_FILE} names "
+                           f"{len(bundle.targets)} targets; re-export the bundle")
 
 
 def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
